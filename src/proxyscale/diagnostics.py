@@ -1,0 +1,79 @@
+"""What is measured each logged step (paper §3 definitions), gathered per member into a long table.
+
+One row per (step, member). ``step`` counts the updates applied before the measurement: the row of step s
+holds the training loss of batch s and, on evaluation steps, the validation cross-entropy after s updates;
+the last row (step = steps) holds only the final evaluation. Columns that were not measured are null.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import torch
+
+from .losses import LossParts
+from .model import Recorder
+
+
+def step_columns(parts: LossParts, z_coef: torch.Tensor, rec: Recorder | None,
+                 opt_stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-member diagnostics of one step, each [K]."""
+    cols = {
+        "loss": parts.ce.detach(),  # cross-entropy alone
+        "z_loss": (z_coef * parts.z_sq).detach(),  # the z-loss term added to the objective
+        "output_logit_mean": parts.logit_mean,
+        "log_z_mean": parts.log_z,
+    }
+    cols.update(opt_stats)
+    if rec is not None:
+        for i, (mx, qn, kn, br) in enumerate(zip(rec.attn_logit_max, rec.q_norm, rec.k_norm, rec.block_rms)):
+            cols[f"attn_logit_max/{i}"] = mx
+            cols[f"q_norm/{i}"] = qn
+            cols[f"k_norm/{i}"] = kn
+            cols[f"block_rms/{i}"] = br
+    return cols
+
+
+class MetricsLog:
+    """Collects per-step columns as float arrays [K]; rows become a polars frame at the end."""
+
+    def __init__(self, members: int) -> None:
+        self.members = members
+        self.rows: list[tuple[int, dict[str, np.ndarray]]] = []
+
+    def add(self, step: int, cols: dict[str, torch.Tensor | np.ndarray | float]) -> None:
+        out = {}
+        for name, value in cols.items():
+            arr = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, float)
+            out[name] = np.broadcast_to(arr, (self.members,)).astype(np.float64)
+        if self.rows and self.rows[-1][0] == step:  # e.g. the evaluation of a step already logged
+            self.rows[-1][1].update(out)
+        else:
+            self.rows.append((step, out))
+
+    def truncate(self, step: int) -> None:
+        """Drop rows at or after ``step`` (used when resuming from a checkpoint)."""
+        self.rows = [(s, c) for s, c in self.rows if s < step]
+
+    def state(self) -> dict:
+        return {"steps": [s for s, _ in self.rows],
+                "cols": [{k: torch.from_numpy(v.copy()) for k, v in c.items()} for _, c in self.rows]}
+
+    def load_state(self, state: dict) -> None:
+        self.rows = [(int(s), {k: v.numpy() for k, v in c.items()}) for s, c in zip(state["steps"], state["cols"])]
+
+    def frame(self) -> pl.DataFrame:
+        """Long table: one row per (step, member); columns in first-seen order, missing values null."""
+        names: list[str] = []
+        for _, cols in self.rows:
+            names += [n for n in cols if n not in names]
+        k = self.members
+        data: dict[str, list] = {"step": [], "member": []}
+        data.update({n: [] for n in names})
+        for step, cols in self.rows:
+            data["step"] += [step] * k
+            data["member"] += list(range(k))
+            for n in names:
+                data[n] += cols[n].tolist() if n in cols else [None] * k
+        schema = {"step": pl.Int64, "member": pl.Int64, **{n: pl.Float64 for n in names}}
+        return pl.DataFrame(data, schema=schema)

@@ -1,0 +1,216 @@
+"""The proxy GPT (paper §3.1) over a member axis: every parameter has a leading axis K.
+
+Shapes: K members, B sequences, T positions, D width, H heads, Dh head dim, F = 4·D, V vocab.
+Activations are ``[K, B, T, D]``; linear layers are batched matmuls over K; attention runs on K·B sequences.
+Member k only ever touches slice k of every tensor, so members are independent (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+NORM_EPS = 1e-6  # paper §3.1: LayerNorm epsilon 1e-6
+TRUNC_STD_FACTOR = 0.8796256610342398  # std of a N(0,1) truncated at ±2; divide by it for the effective std
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One tensor of the model, per member: its shape, init and μParam LR multiplier."""
+
+    shape: tuple[int, ...]
+    init: str  # "embed" | "trunc" | "ones" | "zeros"
+    std: float = 0.0
+    lr_mult: float = 1.0
+    decay: bool = True
+
+
+def param_specs(cfg: ModelConfig, vocab_size: int) -> dict[str, ParamSpec]:
+    """Every tensor of one member, in a fixed order (the init order, so seeds reproduce across K)."""
+    d, f = cfg.width, 4 * cfg.width
+    dh = cfg.width // cfg.heads
+    mup = cfg.mup != "none"
+
+    def linear(fan_in: int, fan_out: int, std: float | None = None, zero: bool = False) -> ParamSpec:
+        # paper §3.1: truncated normal with effective std 1/sqrt(fan_in); μParam scales the LR (§3.4).
+        lr_mult = cfg.mup_base_width / fan_in if mup else 1.0
+        std = 1.0 / math.sqrt(fan_in) if std is None else std
+        return ParamSpec((fan_in, fan_out), "zeros" if zero else "trunc", std, lr_mult)
+
+    def scale(n: int) -> ParamSpec:
+        return ParamSpec((n,), "ones", decay=False)
+
+    specs: dict[str, ParamSpec] = {"embed": ParamSpec((vocab_size, d), "embed", 1.0 / math.sqrt(d))}
+    zero_q = cfg.zero_init_queries or cfg.mup == "full"
+    for i in range(cfg.depth):
+        p = f"layers.{i}."
+        specs[p + "ln1"] = scale(d)
+        specs[p + "wq"] = linear(d, d, zero=zero_q)
+        specs[p + "wk"] = linear(d, d)
+        specs[p + "wv"] = linear(d, d)
+        if cfg.qk_layernorm != "off":
+            n = dh if cfg.qk_layernorm == "head" else d
+            specs[p + "q_norm"] = scale(n)
+            specs[p + "k_norm"] = scale(n)
+        specs[p + "wo"] = linear(d, d)
+        specs[p + "ln2"] = scale(d)
+        specs[p + "w1"] = linear(d, f)
+        specs[p + "w2"] = linear(f, d)
+    specs["ln_f"] = scale(d)
+    if not cfg.tied_embeddings:
+        out_std = math.sqrt(cfg.mup_base_width) / d if cfg.mup in ("intermediate", "full") else None
+        specs["unembed"] = linear(d, vocab_size, std=out_std)
+    return specs
+
+
+def count_params(cfg: ModelConfig, vocab_size: int = 256) -> int:
+    """Parameter count N as in the paper: everything but the embedding and the output layer."""
+    return sum(math.prod(s.shape) for n, s in param_specs(cfg, vocab_size).items() if n not in ("embed", "unembed"))
+
+
+def _init_one(spec: ParamSpec, gen: torch.Generator) -> torch.Tensor:
+    t = torch.empty(spec.shape)
+    if spec.init == "ones":
+        return t.fill_(1.0)
+    if spec.init == "zeros":
+        return t.zero_()
+    if spec.init == "embed":
+        return t.normal_(0.0, spec.std, generator=gen)
+    # Truncated normal at ±2 raw std by the inverse CDF (as torch.nn.init.trunc_normal_ does), with the raw
+    # std raised so the *effective* std is spec.std (paper §3.1).
+    raw = spec.std / TRUNC_STD_FACTOR
+    lo, hi = math.erf(-2 / math.sqrt(2)), math.erf(2 / math.sqrt(2))
+    t.uniform_(lo, hi, generator=gen).erfinv_().mul_(raw * math.sqrt(2.0))
+    return t.clamp_(-2 * raw, 2 * raw)
+
+
+def init_params(cfg: ModelConfig, vocab_size: int, seeds: list[int]) -> dict[str, torch.Tensor]:
+    """Float32 parameters ``[K, *shape]``; member k is drawn from its own generator seeded with seeds[k]."""
+    specs = param_specs(cfg, vocab_size)
+    per_member = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed))
+        per_member.append({name: _init_one(spec, gen) for name, spec in specs.items()})
+    return {name: torch.stack([m[name] for m in per_member]) for name in specs}
+
+
+def _norm(x: torch.Tensor, scale: torch.Tensor, kind: str) -> torch.Tensor:
+    """LayerNorm/RMSNorm over the last dim with a per-member scale, no bias. x [K, ..., N], scale [K, N]."""
+    n = x.shape[-1]
+    if kind == "layernorm":
+        y = F.layer_norm(x, (n,), eps=NORM_EPS)
+    else:
+        y = F.rms_norm(x, (n,), eps=NORM_EPS)
+    return y * scale.view(scale.shape[0], *([1] * (x.dim() - 2)), n)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [K, B, T, I] @ w [K, I, O] -> [K, B, T, O] as one batched matmul over K."""
+    k, b, t, i = x.shape
+    return torch.bmm(x.reshape(k, b * t, i), w).view(k, b, t, w.shape[-1])
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, Dh] for rotary embeddings over the full head dim (rotate-half layout)."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    ang = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)  # [T, Dh/2]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [K, B, T, H, Dh]; cos/sin [T, Dh]."""
+    h = x.shape[-1] // 2
+    rot = torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+class Recorder:
+    """Per-member diagnostics gathered during one forward pass (filled only when asked for)."""
+
+    def __init__(self) -> None:
+        self.attn_logit_max: list[torch.Tensor] = []  # per layer, [K]
+        self.q_norm: list[torch.Tensor] = []  # per layer, [K] mean ||q|| over B, T, H
+        self.k_norm: list[torch.Tensor] = []
+        self.block_rms: list[torch.Tensor] = []  # per layer, [K] RMS of the residual stream after the block
+
+
+class ProxyGPT:
+    """Functional model: ``forward(params, tokens)`` -> logits [K, B, T, V]. Holds only static state."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, device: torch.device) -> None:
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.head_dim = cfg.width // cfg.heads
+        linear_scale = cfg.attn_scale == "linear" or cfg.mup == "full"
+        self.kappa = cfg.kappa
+        # κ transplant: logits = <q,k>/Dh with RMS(q) = RMS(k) = sqrt(κ), so max logit = κ (inferred).
+        self.scale = 1.0 / self.head_dim if (linear_scale or cfg.kappa is not None) else 1.0 / math.sqrt(self.head_dim)
+        self.cos, self.sin = rope_tables(seq_len, self.head_dim, cfg.rope_base, device)
+
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v [K·B, H, T, Dh] -> [K·B, H, T, Dh], causal."""
+        if self.cfg.attention == "softmax":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        t = q.shape[-2]
+        logits = (q @ k.transpose(-1, -2)) * self.scale  # [K·B, H, T, T]
+        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        # Appendix E.11: squared ReLU in place of softmax, scaled by L^-1/2 (L = sequence length).
+        weights = F.relu(logits).square().masked_fill(~causal, 0.0) * t**-0.5
+        return weights @ v
+
+    @torch.no_grad()
+    def _record_attention(self, rec: Recorder, q: torch.Tensor, k: torch.Tensor, members: int) -> None:
+        """Max pre-softmax logit over heads, causal positions and batch; mean q/k norms. q, k [K·B, H, T, Dh]."""
+        t = q.shape[-2]
+        logits = (q.float() @ k.float().transpose(-1, -2)) * self.scale  # float32: exact maxima
+        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+        rec.attn_logit_max.append(logits.view(members, -1).amax(dim=1))
+        rec.q_norm.append(q.float().norm(dim=-1).view(members, -1).mean(dim=1))
+        rec.k_norm.append(k.float().norm(dim=-1).view(members, -1).mean(dim=1))
+
+    def forward(self, params: dict[str, torch.Tensor], tokens: torch.Tensor, rec: Recorder | None = None) -> torch.Tensor:
+        """tokens [B, T] (shared by all members) -> logits [K, B, T, V]."""
+        cfg = self.cfg
+        embed = params["embed"]  # [K, V, D]
+        K = embed.shape[0]
+        B, T = tokens.shape
+        H, Dh = cfg.heads, self.head_dim
+        x = embed[:, tokens]  # [K, B, T, D]
+        cos, sin = self.cos[:T], self.sin[:T]
+        for i in range(cfg.depth):
+            p = f"layers.{i}."
+            h = _norm(x, params[p + "ln1"], cfg.norm)
+            q = _linear(h, params[p + "wq"]).view(K, B, T, H, Dh)
+            k = _linear(h, params[p + "wk"]).view(K, B, T, H, Dh)
+            v = _linear(h, params[p + "wv"]).view(K, B, T, H, Dh)
+            if cfg.qk_layernorm == "head":  # one scale [Dh] shared by the heads (paper §3.1.2)
+                q = _norm(q, params[p + "q_norm"], "layernorm")
+                k = _norm(k, params[p + "k_norm"], "layernorm")
+            elif cfg.qk_layernorm == "width":  # over the whole width (Appendix E.8)
+                q = _norm(q.view(K, B, T, H * Dh), params[p + "q_norm"], "layernorm").view(K, B, T, H, Dh)
+                k = _norm(k.view(K, B, T, H * Dh), params[p + "k_norm"], "layernorm").view(K, B, T, H, Dh)
+            if self.kappa is not None:  # κ transplant (paper §3.1.2): RMS over the head dim pinned to sqrt(κ)
+                q = math.sqrt(self.kappa) * q * torch.rsqrt(q.float().square().mean(-1, keepdim=True) + 1e-12).to(q.dtype)
+                k = math.sqrt(self.kappa) * k * torch.rsqrt(k.float().square().mean(-1, keepdim=True) + 1e-12).to(k.dtype)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            # [K, B, T, H, Dh] -> [K·B, H, T, Dh]
+            q, k, v = (z.permute(0, 1, 3, 2, 4).reshape(K * B, H, T, Dh) for z in (q, k, v))
+            if rec is not None:
+                self._record_attention(rec, q, k, K)
+            a = self._attention(q, k, v).view(K, B, H, T, Dh).permute(0, 1, 3, 2, 4).reshape(K, B, T, H * Dh)
+            x = x + _linear(a, params[p + "wo"])
+            h = _norm(x, params[p + "ln2"], cfg.norm)
+            x = x + _linear(F.gelu(_linear(h, params[p + "w1"])), params[p + "w2"])
+            if rec is not None:
+                with torch.no_grad():
+                    rec.block_rms.append(x.float().square().view(K, -1).mean(1).sqrt())
+        x = _norm(x, params["ln_f"], cfg.norm)
+        unembed = params["embed"].transpose(1, 2) if cfg.tied_embeddings else params["unembed"]  # [K, D, V]
+        return _linear(x, unembed)

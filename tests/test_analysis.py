@@ -1,0 +1,38 @@
+import math
+
+import pytest
+
+from proxyscale.analysis import best_lr, lr_sensitivity, lr_sensitivity_coupled
+
+GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+
+
+def test_lr_sensitivity_known_numbers():
+    # capped at ℓ0 = 6: [4, 3.5, 3, 3.2, 6 (capped from 7), 6 (NaN), 6 (inf)] ; ℓ* = 3
+    losses = [4.0, 3.5, 3.0, 3.2, 7.0, math.nan, math.inf]
+    expect = (1.0 + 0.5 + 0.0 + 0.2 + 3.0 + 3.0 + 3.0) / 7
+    assert lr_sensitivity(losses, 6.0) == pytest.approx(expect)
+
+
+def test_lr_sensitivity_flat_and_all_diverged_are_zero():
+    assert lr_sensitivity([3.0] * 7, 6.0) == 0.0
+    assert lr_sensitivity([math.nan] * 7, 6.0) == 0.0
+
+
+def test_lr_sensitivity_per_point_l0():
+    assert lr_sensitivity([2.0, 9.0], [5.0, 4.0]) == pytest.approx((0 + 2.0) / 2)
+
+
+def test_coupled_takes_min_over_two_windows():
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    losses = [5.0, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0, 6.0]  # bad at both ends
+    w1 = lr_sensitivity(losses[:7], 6.0)  # [1e-4, 1e-1]
+    w2 = lr_sensitivity(losses[1:], 6.0)  # [3e-4, 3e-1]
+    assert lr_sensitivity_coupled(lrs, losses, 6.0) == pytest.approx(min(w1, w2))
+    assert w1 != w2
+
+
+def test_best_lr():
+    assert best_lr(GRID, [4, 3, 2.5, 2.7, math.nan, 9, 9]) == (3e-3, 2.5)
+    lr, loss = best_lr([1.0], [math.nan])
+    assert math.isnan(lr) and math.isnan(loss)
