@@ -36,3 +36,12 @@ def test_best_lr():
     assert best_lr(GRID, [4, 3, 2.5, 2.7, math.nan, 9, 9]) == (3e-3, 2.5)
     lr, loss = best_lr([1.0], [math.nan])
     assert math.isnan(lr) and math.isnan(loss)
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    from proxyscale.docs import config_reference
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert config_reference() in readme, "run: python -m proxyscale.docs and paste into README.md"

@@ -42,10 +42,11 @@ class MetricsLog:
         self.rows: list[tuple[int, dict[str, np.ndarray]]] = []
 
     def add(self, step: int, cols: dict[str, torch.Tensor | np.ndarray | float]) -> None:
-        out = {}
-        for name, value in cols.items():
-            arr = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, float)
-            out[name] = np.broadcast_to(arr, (self.members,)).astype(np.float64)
+        k = self.members
+        # one device-to-host copy for the whole step: stack every column into [C, K]
+        device = next((v.device for v in cols.values() if isinstance(v, torch.Tensor)), None)
+        stacked = torch.stack([torch.as_tensor(v, device=device).detach().float().expand(k) for v in cols.values()]).cpu()
+        out = dict(zip(cols, stacked.numpy().astype(np.float64)))
         if self.rows and self.rows[-1][0] == step:  # e.g. the evaluation of a step already logged
             self.rows[-1][1].update(out)
         else:

@@ -153,6 +153,12 @@ class ProxyGPT:
         self.scale = 1.0 / self.head_dim if (linear_scale or cfg.kappa is not None) else 1.0 / math.sqrt(self.head_dim)
         self.cos, self.sin = rope_tables(seq_len, self.head_dim, cfg.rope_base, device)
 
+    def _causal_bias(self, t: int, device: torch.device) -> torch.Tensor:
+        """[T, T] float32: 0 on and below the diagonal, -inf above (cached)."""
+        if getattr(self, "_bias", None) is None or self._bias.shape[0] != t:
+            self._bias = torch.full((t, t), float("-inf"), device=device).triu(1)
+        return self._bias
+
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v [K·B, H, T, Dh] -> [K·B, H, T, Dh], causal."""
         if self.cfg.attention == "softmax":
@@ -168,12 +174,11 @@ class ProxyGPT:
     def _record_attention(self, rec: Recorder, q: torch.Tensor, k: torch.Tensor, members: int) -> None:
         """Max pre-softmax logit over heads, causal positions and batch; mean q/k norms. q, k [K·B, H, T, Dh]."""
         t = q.shape[-2]
-        logits = (q.float() @ k.float().transpose(-1, -2)) * self.scale  # float32: exact maxima
-        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~causal, float("-inf"))
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2))  # float32: exact maxima, [K·B, H, T, T]
+        logits.mul_(self.scale).add_(self._causal_bias(t, q.device))  # in place: -inf above the diagonal
         rec.attn_logit_max.append(logits.view(members, -1).amax(dim=1))
-        rec.q_norm.append(q.float().norm(dim=-1).view(members, -1).mean(dim=1))
-        rec.k_norm.append(k.float().norm(dim=-1).view(members, -1).mean(dim=1))
+        rec.q_norm.append(torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
+        rec.k_norm.append(torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
 
     def forward(self, params: dict[str, torch.Tensor], tokens: torch.Tensor, rec: Recorder | None = None) -> torch.Tensor:
         """tokens [B, T] (shared by all members) -> logits [K, B, T, V]."""
@@ -210,7 +215,8 @@ class ProxyGPT:
             x = x + _linear(F.gelu(_linear(h, params[p + "w1"])), params[p + "w2"])
             if rec is not None:
                 with torch.no_grad():
-                    rec.block_rms.append(x.float().square().view(K, -1).mean(1).sqrt())
+                    flat = x.reshape(K, -1)
+                    rec.block_rms.append(torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32) / flat.shape[1] ** 0.5)
         x = _norm(x, params["ln_f"], cfg.norm)
         unembed = params["embed"].transpose(1, 2) if cfg.tied_embeddings else params["unembed"]  # [K, D, V]
         return _linear(x, unembed)

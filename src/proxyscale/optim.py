@@ -52,12 +52,16 @@ class FlatParams:
         return torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in self.names], dim=1)
 
     def per_tensor(self, x: torch.Tensor, reduce: str = "rms") -> dict[str, torch.Tensor]:
-        """Per-member, per-tensor RMS (or sum of squares) of a ``[K, P]`` tensor: ``{name: [K]}``."""
-        out = {}
-        for n in self.names:
-            sq = x[:, self.slices[n]].square()
-            out[n] = sq.mean(1).sqrt() if reduce == "rms" else sq.sum(1)
-        return out
+        """Per-member, per-tensor RMS (or sum of squares) of a ``[K, P]`` tensor: ``{name: [K]}``.
+        One segmented sum over the buffer (index_add_) instead of a reduction per tensor."""
+        if not hasattr(self, "_segment"):
+            sizes = torch.tensor([s.stop - s.start for s in self.slices.values()], device=x.device)
+            self._segment = torch.repeat_interleave(torch.arange(len(self.names), device=x.device), sizes)
+            self._numel = sizes.to(torch.float32)
+        sums = torch.zeros(x.shape[0], len(self.names), device=x.device).index_add_(1, self._segment, x.square())
+        if reduce == "rms":
+            sums = (sums / self._numel).sqrt_()
+        return dict(zip(self.names, sums.unbind(1)))
 
 
 class BatchedAdamW:

@@ -1,0 +1,37 @@
+"""Render the config reference (README) from the field docstrings of config.py: one source of truth."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+
+from . import config
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: docstring} read from the string literal under each field of a dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def config_reference() -> str:
+    lines = []
+    for section, cls in config.SECTIONS.items():
+        lines += [f"**`{section}`**", "", "| field | default | meaning |", "|---|---|---|"]
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            lines.append(f"| `{f.name}` | `{f.default!r}` | {docs.get(f.name, '').replace('|', '/')} |")
+        lines.append("")
+    member_doc = field_docs(config.GroupConfig)["members"]
+    lines += ["**`members`**", "", member_doc + " Member scalars: " + ", ".join(f"`{n}`" for n in config.MEMBER_SCALARS) + ".", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference())
