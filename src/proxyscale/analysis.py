@@ -54,3 +54,58 @@ def best_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, float
         return math.nan, math.nan
     loss, lr = min(finite)
     return lr, loss
+
+
+def fit_log(x: Sequence[float], y: Sequence[float], degree: int = 1) -> dict:
+    """Fit log10(y) as a polynomial of log10(x): degree 1 is a power law, 2 the paper's quadratic (Fig 9).
+
+    Returns the coefficients (highest power first), their covariance and the residual std, for ``predict``.
+    """
+    import numpy as np
+
+    lx, ly = np.log10(np.asarray(x, float)), np.log10(np.asarray(y, float))
+    ok = np.isfinite(lx) & np.isfinite(ly)
+    lx, ly = lx[ok], ly[ok]
+    if len(lx) < degree + 1:
+        raise ValueError(f"a degree-{degree} fit needs at least {degree + 1} finite points, got {len(lx)}")
+    if len(lx) > degree + 1:
+        coef, cov = np.polyfit(lx, ly, degree, cov="unscaled")
+        resid = ly - np.polyval(coef, lx)
+        sigma = float(np.sqrt((resid**2).sum() / (len(lx) - degree - 1)))
+        cov = cov * sigma**2
+    else:  # exact fit: no residual to estimate the uncertainty from
+        coef, cov, sigma = np.polyfit(lx, ly, degree), np.full((degree + 1, degree + 1), np.nan), float("nan")
+    return {"coef": coef.tolist(), "cov": cov.tolist(), "sigma": sigma, "degree": degree}
+
+
+def predict(fit: dict, x: float) -> tuple[float, float, float]:
+    """(prediction, low, high) at ``x``: the fit and its ±1σ band (parameter covariance plus residual), in y units."""
+    import numpy as np
+
+    lx = np.log10(x)
+    basis = np.array([lx**p for p in range(fit["degree"], -1, -1)])
+    mean = float(np.polyval(fit["coef"], lx))
+    var = float(basis @ np.asarray(fit["cov"]) @ basis) + fit["sigma"] ** 2
+    std = math.sqrt(var) if math.isfinite(var) else float("nan")
+    return 10**mean, 10 ** (mean - std) if math.isfinite(std) else math.nan, 10 ** (mean + std) if math.isfinite(std) else math.nan
+
+
+def sensitivity_frame(results, by: Sequence[str]):
+    """Per combination of ``by`` columns: LR sensitivity, best LR and best loss over the member LRs.
+
+    Coupled-decay rows use the paper's min-over-two-windows rule. Returns a polars frame sorted by ``by``.
+    """
+    import polars as pl
+
+    rows = []
+    for key, part in results.group_by(list(by), maintain_order=True):
+        part = part.sort("member.lr")
+        lrs, losses = part["member.lr"].to_list(), part["final_eval_loss"].fill_null(float("nan")).to_list()
+        l0 = part["l0"].to_list()
+        coupled = "member.independent_weight_decay" in part.columns and not part["member.independent_weight_decay"][0]
+        sens = lr_sensitivity_coupled(lrs, losses, l0) if coupled else lr_sensitivity(losses, l0)
+        lr_star, loss_star = best_lr(lrs, losses)
+        rows.append({**dict(zip(by, key)), "n_params": part["n_params"][0], "lr_sensitivity": sens,
+                     "best_lr": lr_star, "best_loss": loss_star, "lrs": len(lrs),
+                     "diverged": int(part["diverged"].sum())})
+    return pl.DataFrame(rows).sort(list(by))

@@ -79,6 +79,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _group_progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("running {task.fields[running]}"), TimeRemainingColumn(), console=console)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    spec = sweep.load_spec(args.spec)
+    groups = sweep.expand(spec)
+    console.print(f"sweep: {len(groups)} groups, {sum(len(g.cfg.member_list()) for g in groups)} runs")
+    with _group_progress() as progress:
+        results = sweep.run_sweep(spec, Path(args.out), workers=args.workers, progress=progress)
+    console.print(f"{Path(args.out) / 'results.parquet'}: {results.height} rows")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import reproduce
+
+    table = Table(title="experiments (proxyscale reproduce NAME)")
+    for col in ("name", "title", "scales"):
+        table.add_column(col, justify="left")
+    for name in reproduce.names():
+        exp = reproduce.load(name)
+        table.add_row(name, exp["title"], ", ".join(exp["scales"]))
+    console.print(table)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import report, reproduce
+
+    names = reproduce.names() if args.name == "all" else [args.name]
+    for name in names:
+        exp = reproduce.load(name)
+        if args.scale not in exp["scales"]:
+            raise ConfigError(f"--scale: {args.scale!r} not defined for {name}; valid: {', '.join(exp['scales'])}")
+    out = Path(args.out)
+    for name in names:
+        console.rule(f"{name} ({args.scale})")
+        with _group_progress() as progress:
+            rec = reproduce.reproduce(name, args.scale, out, workers=args.workers, progress=progress)
+        table = Table(title=f"{name}: LR sensitivity")
+        rows = rec["sensitivity"]
+        for col in rows[0] if rows else []:
+            table.add_column(col.removeprefix("label."), justify="right")
+        for r in rows:
+            table.add_row(*[_fmt(v) if isinstance(v, float) else str(v) for v in r.values()])
+        console.print(table)
+        for v in rec["verdicts"]:
+            colour = "green" if v["verdict"] == "reproduced" else "red"
+            console.print(f"[{colour}]{v['verdict']}[/{colour}]: {v['claim']}\n    {v['detail']}", highlight=False)
+        console.print(f"{name}: {rec['seconds']:.0f} s")
+    path = report.build(out)
+    console.print(f"report: {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    console.print(f"report: {report.build(Path(args.dir))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyscale", description="Small-scale proxies for large-scale "
                                      "Transformer training instabilities (Wortsman et al. 2023).")
@@ -90,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set optim.lr=0.01 --set members.lr=[0.001,0.01]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("sweep", help="run a declarative sweep (sizes x switches x member scalars) into DIR")
+    p.add_argument("spec", help="sweep YAML: base, sizes, axes, members")
+    p.add_argument("--out", required=True, help="sweep directory (finished groups are skipped)")
+    p.add_argument("--workers", type=int, default=1, help="groups trained at once; each gets cores/N threads")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("list", help="list the paper's experiments")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("reproduce", help="run an experiment of the paper: sweep, figures, verdicts, report")
+    p.add_argument("name", help="experiment name (see: proxyscale list) or all")
+    p.add_argument("--scale", default="micro", choices=["micro", "small", "paper"])
+    p.add_argument("--out", default="runs/reproduce", help="output root (default runs/reproduce)")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("report", help="write DIR/report.html from reproduced experiments")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

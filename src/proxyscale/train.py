@@ -61,6 +61,12 @@ def _config_json(cfg: GroupConfig) -> dict[str, Any]:
     return json.loads(json.dumps(cfg.to_dict()))
 
 
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Configs that give the same results: train.threads and train.device may differ."""
+    strip = lambda d: {**d, "train": {k: v for k, v in d["train"].items() if k not in ("threads", "device")}}  # noqa: E731
+    return strip(a) == strip(b)
+
+
 @torch.no_grad()
 def evaluate(model: ProxyGPT, params: dict[str, torch.Tensor], batches: Batches, device: torch.device,
              precision: str) -> torch.Tensor:
@@ -130,7 +136,7 @@ class GroupRun:
                 "over": self.over, "l0": self.l0, "log": self.log.state(), "next_step": self.next_step}
 
     def restore(self, state: dict[str, Any]) -> None:
-        if json.loads(state["config"]) != _config_json(self.cfg):
+        if not _same_run(json.loads(state["config"]), _config_json(self.cfg)):
             raise ConfigError(f"--out {self.out}: its checkpoint belongs to a different config; "
                               "rerun with the original config or choose another --out")
         self.fp.flat.copy_(state["flat"])
@@ -222,7 +228,7 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
     """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched."""
     out = Path(out)
     if store.is_done(out):
-        if store.read_json(out / "config.json") != _config_json(cfg):
+        if not _same_run(store.read_json(out / "config.json"), _config_json(cfg)):
             raise ConfigError(f"--out {out}: holds a finished run of a different config; choose another --out")
         return store.read_json(out / "summary.json"), False
     run = GroupRun(cfg, out, data)  # loads the data first: a bad corpus fails before anything is written

@@ -1,0 +1,212 @@
+"""A declarative sweep: sizes × group-level switches × member scalars, expanded into groups and run.
+
+Spec (YAML or a dict)::
+
+    name: fig1
+    base: {data: {corpus: kjv, seq_len: 64}, train: {steps: 300}}   # defaults for every group
+    sizes: micro                       # a ladder name, micro[:3], or a list of {width, depth, heads}
+    axes: {model.qk_layernorm: [head, off]}   # group-level switches (cartesian product)
+    members: {lr: [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1, 3.0e-1]}  # member scalars: one group each
+
+A group id is a hash of the configuration (threads and device excluded), so rerunning skips finished groups
+and resumes unfinished ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from . import config as config_mod
+from . import ladder, store
+from .config import ConfigError, GroupConfig
+
+SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps")
+
+
+@dataclass
+class Group:
+    id: str
+    cfg: GroupConfig
+    labels: dict[str, Any] = field(default_factory=dict)  # size and axis values, for tables and plots
+
+
+def identity(cfg: GroupConfig) -> dict[str, Any]:
+    """The configuration that determines the results: everything but train.threads and train.device."""
+    d = json.loads(json.dumps(cfg.to_dict()))
+    d["train"].pop("threads", None)
+    d["train"].pop("device", None)
+    return d
+
+
+def group_id(cfg: GroupConfig) -> str:
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _set(raw: dict, path: str, value: Any, where: str) -> None:
+    section, _, name = path.partition(".")
+    if section not in config_mod.SECTIONS or not name:
+        raise ConfigError(f"{where}.{path}: unknown axis; valid: section.field with section in "
+                          f"{', '.join(config_mod.SECTIONS)} (e.g. model.qk_layernorm)")
+    raw.setdefault(section, {})[name] = value
+
+
+def expand(spec: dict[str, Any]) -> list[Group]:
+    """Spec -> groups (validated); raises ConfigError naming the bad key."""
+    if not isinstance(spec, dict):
+        raise ConfigError("spec: expected a mapping with keys " + ", ".join(SPEC_KEYS))
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"{key}: unknown spec key; valid: {', '.join(SPEC_KEYS)}")
+    base = spec.get("base") or {}
+    axes = spec.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise ConfigError("axes: expected a mapping such as {model.qk_layernorm: [head, off]}")
+    for path, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"axes.{path}: expected a non-empty list of values")
+    members = spec.get("members") or {}
+    for name, values in members.items():
+        if isinstance(values, list) and not values:
+            raise ConfigError(f"members.{name}: empty grid; give at least one value")
+    size_list = ladder.sizes(spec["sizes"]) if "sizes" in spec else [None]
+    groups, seen = [], set()
+    for size in size_list:
+        for combo in itertools.product(*axes.values()):
+            raw = copy.deepcopy(base)
+            labels: dict[str, Any] = {}
+            if size is not None:
+                raw.setdefault("model", {}).update(size)
+                labels["size"] = ladder.size_label(size)
+            for path, value in zip(axes, combo):
+                _set(raw, path, value, "axes")
+                labels[path] = value
+            raw["members"] = members
+            cfg = config_mod.from_dict(raw)
+            gid = group_id(cfg)
+            if gid not in seen:
+                seen.add(gid)
+                groups.append(Group(gid, cfg, labels))
+    return groups
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such sweep spec") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    return spec
+
+
+def _with_threads(cfg: GroupConfig, threads: int) -> GroupConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+
+
+def _run_one(args: tuple[str, dict, str, int]) -> str:
+    """Worker entry (top-level for multiprocessing): train one group into out/groups/<id>."""
+    gid, raw_cfg, out, threads = args
+    from .train import train_group
+
+    cfg = _with_threads(config_mod.from_dict(raw_cfg), threads)
+    train_group(cfg, Path(out) / "groups" / gid)
+    return gid
+
+
+def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress: Any = None) -> pl.DataFrame:
+    """Run every group of ``spec`` into ``out`` (skipping finished ones) and write ``out/results.parquet``."""
+    groups = expand(spec)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store.write_json(out / "spec.json", spec)
+    todo = [g for g in groups if not store.is_done(out / "groups" / g.id)]
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0) if progress else None
+    jobs = [(g.id, g.cfg.to_dict(), str(out), threads) for g in todo]
+    start = time.perf_counter()
+    if workers <= 1:
+        for job in jobs:
+            if progress:
+                progress.update(task, running=1)
+            _run_one(job)
+            if progress:
+                progress.advance(task)
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            if progress:
+                progress.update(task, running=min(workers, len(jobs)))
+            for _ in pool.imap_unordered(_run_one, jobs):
+                if progress:
+                    progress.advance(task)
+    results = collect(groups, out, tail_steps=spec.get("tail_steps"))
+    store.write_parquet(out / "results.parquet", results)
+    store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo),
+                                          "seconds": round(time.perf_counter() - start, 1)})
+    return results
+
+
+DIAGNOSTICS = ("attn_logit_max/0", "q_norm/0", "k_norm/0", "output_logit_mean", "log_z_mean", "grad_norm",
+               "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def member_rows(group: Group, folder: Path, tail_steps: int | None = None) -> list[dict[str, Any]]:
+    """One row per member: labels, the group's flattened config, the member's scalars, ℓ0, final loss, flags and
+    diagnostics averaged over the last ``tail_steps`` steps (default a fifth of the run, at most 500, paper §3)."""
+    summary = store.read_json(folder / "summary.json")
+    metrics = pl.read_parquet(folder / "metrics.parquet")
+    steps = summary["steps"]
+    tail = tail_steps or max(1, min(500, steps // 5))
+    last_block = f"block_rms/{group.cfg.model.depth - 1}"
+    flat = {k: v for k, v in _flatten(identity(group.cfg)).items() if not k.startswith("members.")}
+    rows = []
+    for m in summary["members"]:
+        mine = metrics.filter(pl.col("member") == m["member"])
+        window = mine.filter((pl.col("step") >= steps - tail) & (pl.col("step") < steps))
+        row = {"group": group.id, "member": m["member"], **{f"label.{k}": v for k, v in group.labels.items()}, **flat}
+        row.update({f"member.{k}": m[k] for k in config_mod.MEMBER_SCALARS})
+        row.update({"n_params": summary["n_params"], "l0": m["l0"],
+                    "final_eval_loss": m["final_eval_loss"] if m["final_eval_loss"] is not None else float("nan"),
+                    "diverged": m["diverged"], "diverged_step": m["diverged_step"]})
+        for col in (*DIAGNOSTICS, last_block):
+            name = "block_rms/last" if col == last_block else col
+            row[name] = window[col].mean() if col in window.columns else None
+        if "attn_logit_max/0" in mine.columns:
+            row["attn_logit_max/0:max"] = mine["attn_logit_max/0"].max()
+        rows.append(row)
+    return rows
+
+
+def collect(groups: list[Group], out: Path, tail_steps: int | None = None) -> pl.DataFrame:
+    rows = []
+    for g in groups:
+        folder = out / "groups" / g.id
+        if store.is_done(folder):
+            rows += member_rows(g, folder, tail_steps)
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
