@@ -46,31 +46,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is kept")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     args = ap.parse_args()
     device = resolve_device(args.device)
     default = resolve_precision("auto", device)
     data = load_data(config.DataConfig(corpus="kjv", seq_len=128, batch_size=16), "byte")
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads() if not args.threads else args.threads}, "
-          f"default precision here: {default}; depth 2, seq 128, batch 16, byte vocab, K=7")
+    print(f"device {device}, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, "
+          f"default precision here: {default}; depth 2, seq 128, batch 16, byte vocab, K=7; "
+          f"best of {args.repeats} interleaved repeats of {args.steps} steps")
     print(f"{'width':>5} {'precision':>9} {'alone':>9} {'group K=7':>10} {'7 in a row':>10} {'batching':>9}")
     for width in args.widths:
-        res: dict[tuple[str, str], float] = {}
-        for precision in ("fp32", "bf16"):
-            steps = args.steps if precision == "fp32" or default == "bf16" else max(2, args.steps // 4)
-            res[precision, "alone"] = tokens_per_s(width, LRS[3:4], precision, 100, steps, args, data)
-            res[precision, "group"] = tokens_per_s(width, LRS, precision, 100, steps, args, data)
-            # 7 single runs one after another: total tokens over total time
-            t = [1.0 / tokens_per_s(width, [lr], precision, 100, steps, args, data) for lr in LRS]
-            res[precision, "seq"] = len(LRS) / sum(t)
-            print(f"{width:>5} {precision:>9} {res[precision, 'alone']:>9,.0f} {res[precision, 'group']:>10,.0f} "
-                  f"{res[precision, 'seq']:>10,.0f} {res[precision, 'group'] / res[precision, 'seq']:>8.2f}x")
-        every = tokens_per_s(width, LRS, default, 1, args.steps, args, data)
-        sparse = tokens_per_s(width, LRS, default, 100, args.steps, args, data)
-        print(f"      width {width}: group in default precision ({default}) vs 7 sequential fp32 runs: "
-              f"{res[default, 'group'] / res['fp32', 'seq']:.2f}x (target 2.5x); batching alone ({default}): "
-              f"{res[default, 'group'] / res[default, 'seq']:.2f}x (target 1.4x)")
+        best: dict[tuple[str, str], float] = {}
+
+        def keep(key: tuple[str, str], value: float) -> None:
+            best[key] = max(best.get(key, 0.0), value)
+
+        for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every variant
+            for precision in args.precisions:
+                steps = args.steps if precision == "fp32" or default == "bf16" else max(2, args.steps // 4)
+                keep((precision, "alone"), tokens_per_s(width, LRS[3:4], precision, 100, steps, args, data))
+                keep((precision, "group"), tokens_per_s(width, LRS, precision, 100, steps, args, data))
+                # 7 single runs one after another: total tokens over total time
+                t = [1.0 / tokens_per_s(width, [lr], precision, 100, steps, args, data) for lr in LRS]
+                keep((precision, "seq"), len(LRS) / sum(t))
+            keep(("diag", "every"), tokens_per_s(width, LRS, default, 1, args.steps, args, data))
+            keep(("diag", "sparse"), tokens_per_s(width, LRS, default, 100, args.steps, args, data))
+        for precision in args.precisions:
+            print(f"{width:>5} {precision:>9} {best[precision, 'alone']:>9,.0f} {best[precision, 'group']:>10,.0f} "
+                  f"{best[precision, 'seq']:>10,.0f} {best[precision, 'group'] / best[precision, 'seq']:>8.2f}x")
+        if "fp32" in args.precisions and default in args.precisions:
+            print(f"      width {width}: group in default precision ({default}) vs 7 sequential fp32 runs: "
+                  f"{best[default, 'group'] / best['fp32', 'seq']:.2f}x (target 2.5x); batching alone ({default}): "
+                  f"{best[default, 'group'] / best[default, 'seq']:.2f}x (target 1.4x)")
+        every, sparse = best["diag", "every"], best["diag", "sparse"]
         print(f"      width {width}: diagnostics every step {every:,.0f} tok/s vs every 100 steps {sparse:,.0f} tok/s: "
               f"overhead {100 * (1 - every / sparse):.1f}% (target <= 10%)")
 

@@ -35,24 +35,49 @@ def check(fn: Callable[..., tuple[bool, str]]) -> Callable[..., tuple[bool, str]
 
 
 def _col(axis: str) -> str:
-    return axis if axis.startswith(("label.", "member.")) else f"label.{axis}"
+    """A results column: ``member.*``, ``label.*`` and measured columns as they are, a config path as its label."""
+    if axis.startswith(("label.", "member.")) or "/" in axis or axis in MEASURED:
+        return axis
+    return f"label.{axis}"
 
 
-def _sens(results: pl.DataFrame, axis: str) -> pl.DataFrame:
-    return sensitivity_frame(results, ["label.size", _col(axis)]).sort("n_params")
+MEASURED = ("n_params", "l0", "final_eval_loss", "diverged", "output_logit_mean", "log_z_mean", "grad_norm")
+
+
+def _where(results: pl.DataFrame, where: dict[str, Any] | None) -> pl.DataFrame:
+    """Filter rows: {column: value} equality, or {column: {min: a, max: b}}."""
+    for col, cond in (where or {}).items():
+        c = pl.col(_col(col))
+        if isinstance(cond, dict):
+            if "min" in cond:
+                results = results.filter(c >= cond["min"])
+            if "max" in cond:
+                results = results.filter(c <= cond["max"])
+        elif isinstance(cond, float):
+            results = results.filter((c - cond).abs() <= 1e-9 * abs(cond))
+        else:
+            results = results.filter(c == cond)
+    return results
+
+
+def _sens(results: pl.DataFrame, axis: str, per: str = "label.size") -> pl.DataFrame:
+    keys = list(dict.fromkeys(["label.size", _col(per), _col(axis)]))
+    return sensitivity_frame(results, keys).sort("n_params")
 
 
 @check
-def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "all") -> tuple[bool, str]:
-    """The LR sensitivity with ``axis == better`` is below that with ``axis == worse`` at every size (or most)."""
-    s = _sens(results, axis)
-    c = _col(axis)
-    good = s.filter(pl.col(c) == better).select("label.size", "n_params", pl.col("lr_sensitivity").alias("a"))
-    bad = s.filter(pl.col(c) == worse).select("label.size", pl.col("lr_sensitivity").alias("b"))
-    both = good.join(bad, on="label.size").sort("n_params")
+def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "all",
+                      per: str = "label.size", where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """The LR sensitivity with ``axis == better`` is below that with ``axis == worse`` in every ``per`` group
+    (every size by default; ``at_least: most`` for a majority)."""
+    s = _sens(_where(results, where), axis, per)
+    c, p = _col(axis), _col(per)
+    good = s.filter(pl.col(c) == better).select(p, "n_params", pl.col("lr_sensitivity").alias("a"))
+    bad = s.filter(pl.col(c) == worse).select(p, pl.col("lr_sensitivity").alias("b"))
+    both = good.join(bad, on=p).sort("n_params")
     wins = [a < b for a, b in zip(both["a"], both["b"])]
     ok = all(wins) if at_least == "all" else sum(wins) > len(wins) / 2
-    pairs = "; ".join(f"{s}: {a:.3f} vs {b:.3f}" for s, a, b in zip(both["label.size"], both["a"], both["b"]))
+    pairs = "; ".join(f"{k}: {a:.3f} vs {b:.3f}" for k, a, b in zip(both[p], both["a"], both["b"]))
     return ok and len(wins) > 0, f"LR sensitivity {axis}={better} vs {worse} — {pairs}"
 
 
@@ -67,9 +92,13 @@ def sensitivity_increases_with_n(results: pl.DataFrame, axis: str, value: Any) -
 
 @check
 def ratio_at_least(results: pl.DataFrame, column: str, axis: str, high: Any, low: Any, factor: float,
-                   lr: float | None = None) -> tuple[bool, str]:
-    """mean(column | axis == high) >= factor · mean(column | axis == low), at LR ``lr`` if given, every size."""
-    r = results if lr is None else results.filter((pl.col("member.lr") - lr).abs() < 1e-12 * max(1.0, lr))
+                   lr: float | None = None, where: dict[str, Any] | None = None, absolute: bool = False) -> tuple[bool, str]:
+    """mean(column | axis == high) >= factor · mean(column | axis == low), at LR ``lr`` if given, every size
+    (``absolute``: of |column|, e.g. how far the mean output logit or log Z is from 0)."""
+    r = _where(results, where)
+    if absolute:
+        r = r.with_columns(pl.col(column).abs())
+    r = r if lr is None else r.filter((pl.col("member.lr") - lr).abs() < 1e-12 * max(1.0, lr))
     c = _col(axis)
     parts, ok = [], True
     for size, part in r.group_by("label.size", maintain_order=True):
@@ -80,6 +109,201 @@ def ratio_at_least(results: pl.DataFrame, column: str, axis: str, high: Any, low
         ok &= hi >= factor * lo
         parts.append(f"{size[0]}: {hi:.3g} vs {lo:.3g} ({hi / lo if lo else float('inf'):.1f}x)")
     return ok and bool(parts), f"{column} with {axis}={high} vs {low}{' at LR ' + format(lr, 'g') if lr else ''} (need ≥{factor:g}x) — " + "; ".join(parts)
+
+
+def _slope(x: list[float], y: list[float], logy: bool = True) -> float:
+    import numpy as np
+
+    lx = np.log10(np.asarray(x, float))
+    ly = np.log10(np.abs(np.asarray(y, float))) if logy else np.asarray(y, float)
+    ok = np.isfinite(lx) & np.isfinite(ly)
+    if ok.sum() < 2 or np.ptp(lx[ok]) == 0:
+        return float("nan")
+    return float(np.polyfit(lx[ok], ly[ok], 1)[0])
+
+
+@check
+def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | None = "label.size",
+          where: dict[str, Any] | None = None, logy: bool = True) -> tuple[bool, str]:
+    """The slope of ``column`` (log10 unless ``logy`` is false) against log10(``along``) has the sign ``sign``
+    in every ``per`` group (per row means of ``column`` at each ``along`` value)."""
+    r = _where(results, where)
+    col, x = _col(column), _col(along)
+    groups = r.group_by(per, maintain_order=True) if per else [(("all",), r)]
+    parts, ok = [], True
+    for key, part in groups:
+        agg = part.group_by(x).agg(pl.col(col).mean()).sort(x)
+        slope = _slope(agg[x].to_list(), agg[col].to_list(), logy)
+        ok &= slope == slope and (slope > 0 if sign > 0 else slope < 0)
+        parts.append(f"{key[0]}: slope {slope:+.3g}")
+    word = "rises" if sign > 0 else "falls"
+    return ok and bool(parts), f"{column} {word} with {along}? " + "; ".join(parts)
+
+
+def _best_lrs(results: pl.DataFrame, axis: str, value: Any) -> pl.DataFrame:
+    c = _col(axis)
+    return sensitivity_frame(results.filter(pl.col(c) == value), ["label.size"]).sort("n_params")
+
+
+@check
+def best_lr_spread_smaller(results: pl.DataFrame, axis: str, narrower: Any, wider: Any,
+                           where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """Across sizes, the best LR varies less (in log10 range) with ``axis == narrower`` than with ``wider``."""
+    import math
+
+    results = _where(results, where)
+    spreads, parts = {}, []
+    for v in (narrower, wider):
+        b = _best_lrs(results, axis, v)
+        lrs = [x for x in b["best_lr"].to_list() if x == x]
+        spreads[v] = math.log10(max(lrs) / min(lrs)) if lrs else float("nan")
+        parts.append(f"{axis}={v}: best LR by size {', '.join(f'{x:g}' for x in lrs)} (spread {spreads[v]:.2f} decades)")
+    return spreads[narrower] < spreads[wider], "; ".join(parts)
+
+
+@check
+def best_lr_shifts_right(results: pl.DataFrame, axis: str, order: list[Any]) -> tuple[bool, str]:
+    """At every size the best LR does not fall along ``order`` of ``axis`` values, and rises somewhere."""
+    c = _col(axis)
+    s = sensitivity_frame(results, ["label.size", c])
+    ok, rose, parts = True, False, []
+    for size, part in s.group_by("label.size", maintain_order=True):
+        lrs = [part.filter(pl.col(c) == v)["best_lr"].item() for v in order]
+        ok &= all(b >= a for a, b in zip(lrs, lrs[1:]))
+        rose |= lrs[-1] > lrs[0]
+        parts.append(f"{size[0]}: " + " → ".join(f"{x:g}" for x in lrs))
+    return ok and rose, f"best LR along {axis} = {order}: " + "; ".join(parts)
+
+
+@check
+def sensitivity_not_lower(results: pl.DataFrame, axis: str, value: Any, baseline: Any, tolerance: float = 0.1,
+                          where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """The mean LR sensitivity with ``axis == value`` is not below the baseline's by more than ``tolerance`` (relative)."""
+    s = _sens(_where(results, where), axis)
+    c = _col(axis)
+    a = s.filter(pl.col(c) == value)["lr_sensitivity"].mean()
+    b = s.filter(pl.col(c) == baseline)["lr_sensitivity"].mean()
+    return a >= (1 - tolerance) * b, f"mean LR sensitivity {axis}={value}: {a:.3f} vs {baseline}: {b:.3f} (tolerance {tolerance:.0%})"
+
+
+@check
+def norms_explain_logits(results: pl.DataFrame, lr: float, axis: str, high: Any, low: Any) -> tuple[bool, str]:
+    """Appendix E.1: between ``axis == low`` and ``high`` the growth of the max logit is mostly norm growth.
+    logit = ‖q‖·‖k‖·cos/sqrt(d_head), so (logit ratio) = (norm-product ratio) × (implied alignment ratio);
+    reproduced when the norm-product ratio is at least the alignment ratio at every size."""
+    r = results.filter((pl.col("member.lr") - lr).abs() <= 1e-9 * lr)
+    c = _col(axis)
+    parts, ok = [], True
+    for size, part in r.group_by("label.size", maintain_order=True):
+        hi, lo = part.filter(pl.col(c) == high), part.filter(pl.col(c) == low)
+        if hi.height == 0 or lo.height == 0:
+            continue
+        norms = (hi["q_norm/0"].mean() * hi["k_norm/0"].mean()) / (lo["q_norm/0"].mean() * lo["k_norm/0"].mean())
+        logits = hi["attn_logit_max/0"].mean() / lo["attn_logit_max/0"].mean()
+        align = logits / norms
+        ok &= norms >= align
+        parts.append(f"{size[0]}: logit x{logits:.3g} = norms x{norms:.3g} · alignment x{align:.3g}")
+    return ok and bool(parts), f"{axis}={high} vs {low} at LR {lr:g} — " + "; ".join(parts)
+
+
+@check
+def gap_grows_with_n(results: pl.DataFrame, axis: str, better: Any, worse: Any) -> tuple[bool, str]:
+    """sensitivity(worse) − sensitivity(better) is larger at the largest size than at the smallest."""
+    s = _sens(results, axis)
+    c = _col(axis)
+    a = s.filter(pl.col(c) == better).select("label.size", "n_params", pl.col("lr_sensitivity").alias("a"))
+    b = s.filter(pl.col(c) == worse).select("label.size", pl.col("lr_sensitivity").alias("b"))
+    both = a.join(b, on="label.size").sort("n_params")
+    gaps = [y - x for x, y in zip(both["a"], both["b"])]
+    return len(gaps) >= 2 and gaps[-1] > gaps[0], f"sensitivity gap {axis}={worse} minus {better} by size — " + "; ".join(
+        f"{k}: {g:+.3f}" for k, g in zip(both["label.size"], gaps))
+
+
+@check
+def sensitivity_slope_larger(results: pl.DataFrame, axis: str, steeper: Any, flatter: Any) -> tuple[bool, str]:
+    """LR sensitivity rises faster with log10 N when scaling along ``steeper`` than along ``flatter`` (Fig 7)."""
+    s = _sens(results, axis)
+    c = _col(axis)
+    slopes = {}
+    for v in (steeper, flatter):
+        part = s.filter(pl.col(c) == v).sort("n_params")
+        slopes[v] = _slope(part["n_params"].to_list(), part["lr_sensitivity"].to_list(), logy=False)
+    return slopes[steeper] > slopes[flatter], "slope of LR sensitivity per decade of N — " + "; ".join(
+        f"{axis}={v}: {slopes[v]:+.3f}" for v in (steeper, flatter))
+
+
+@check
+def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "most") -> tuple[bool, str]:
+    """The best final loss over the LR grid is lower with ``axis == better`` at most (or all) sizes."""
+    s = _sens(results, axis)
+    c = _col(axis)
+    a = s.filter(pl.col(c) == better).select("label.size", "n_params", pl.col("best_loss").alias("a"))
+    b = s.filter(pl.col(c) == worse).select("label.size", pl.col("best_loss").alias("b"))
+    both = a.join(b, on="label.size").sort("n_params")
+    wins = [x < y for x, y in zip(both["a"], both["b"])]
+    ok = all(wins) if at_least == "all" else sum(wins) > len(wins) / 2
+    return ok and bool(wins), f"best loss {axis}={better} vs {worse} — " + "; ".join(
+        f"{k}: {x:.3f} vs {y:.3f}" for k, x, y in zip(both["label.size"], both["a"], both["b"]))
+
+
+@check
+def trains_at(results: pl.DataFrame, lr: float, where: dict[str, Any] | None = None, gain: float = 1.0) -> tuple[bool, str]:
+    """Every run at LR ``lr`` (matching ``where``) finishes undiverged, ``gain`` nats or more below ℓ0."""
+    r = _where(results, where).filter((pl.col("member.lr") - lr).abs() <= 1e-9 * lr)
+    parts = [f"{row['label.size']}: {row['final_eval_loss']:.3f} (ℓ0 {row['l0']:.2f})" for row in r.iter_rows(named=True)]
+    ok = r.height > 0 and all((not row["diverged"]) and row["final_eval_loss"] <= row["l0"] - gain
+                              for row in r.iter_rows(named=True))
+    return ok, f"final loss at LR {lr:g} — " + "; ".join(parts)
+
+
+def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, column: str = "attn_logit_max/0@step",
+                     margin: float = 0.1) -> dict[str, Any]:
+    """Fig 9 as an out-of-sample test. Per LR: fit log10(logit) against log10(N) on the ``fit_sizes`` smallest sizes,
+    extrapolate to the next size (not in the fit). A run counts as unstable when its final loss is worse than the
+    best at its size by more than ``margin`` nats; the logit threshold is calibrated on the fitted sizes as the
+    geometric mean of the largest stable and the smallest unstable logit."""
+    import math
+
+    from .analysis import fit_log, predict
+
+    r = results.filter(pl.col(column).is_not_null())
+    sizes = r.group_by("n_params").agg(pl.col("label.size").first()).sort("n_params")
+    fit_n, held = sizes["n_params"][:fit_sizes].to_list(), sizes["n_params"][fit_sizes]
+    best = r.group_by("n_params").agg(pl.col("final_eval_loss").min().alias("best"))
+    r = r.join(best, on="n_params").with_columns(
+        ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("best") + margin) | pl.col("diverged")).alias("unstable"))
+    fitted = r.filter(pl.col("n_params").is_in(fit_n))
+    stable_max = fitted.filter(~pl.col("unstable"))[column].max()
+    unstable_min = fitted.filter(pl.col("unstable"))[column].min()
+    separable = stable_max is not None and unstable_min is not None and unstable_min > stable_max
+    threshold = math.sqrt(stable_max * unstable_min) if separable else None
+    rows = []
+    for lr in sorted(r["member.lr"].unique().to_list()):
+        part = r.filter(pl.col("member.lr") == lr)
+        pts = part.filter(pl.col("n_params").is_in(fit_n)).sort("n_params")
+        fit = fit_log(pts["n_params"].to_list(), pts[column].to_list(), degree)
+        pred, lo, hi = predict(fit, held)
+        meas = part.filter(pl.col("n_params") == held)
+        rows.append({"lr": lr, "predicted": pred, "low": lo, "high": hi,
+                     "measured": meas[column].item() if meas.height else None,
+                     "unstable": bool(meas["unstable"].item()) if meas.height else None,
+                     "predicted_unstable": (pred > threshold) if threshold else None, "fit": fit})
+    return {"held_out_n": held, "fit_n": fit_n, "threshold": threshold, "stable_max": stable_max,
+            "unstable_min": unstable_min, "rows": rows, "margin": margin}
+
+
+@check
+def prediction(results: pl.DataFrame, fit_sizes: int, degree: int = 1, factor: float = 3.0, margin: float = 0.1) -> tuple[bool, str]:
+    """Fig 9: the extrapolated logit is within ``factor`` of the measured one at most LRs, and the threshold
+    (calibrated on the fitted sizes) predicts which held-out runs are unstable, at every LR."""
+    t = prediction_table(results, fit_sizes, degree, margin=margin)
+    close = [r["measured"] is not None and 1 / factor <= r["predicted"] / r["measured"] <= factor for r in t["rows"]]
+    calls = [r["predicted_unstable"] == r["unstable"] for r in t["rows"]] if t["threshold"] else [False]
+    detail = (f"fit on N={t['fit_n']}, held out N={t['held_out_n']}; threshold "
+              f"{'%.3g' % t['threshold'] if t['threshold'] else 'none (stable and unstable logits overlap on the fitted sizes)'}; "
+              + "; ".join(f"LR {r['lr']:g}: predicted {r['predicted']:.3g} vs measured {r['measured']:.3g}"
+                          f"{' (unstable)' if r['unstable'] else ''}" for r in t["rows"]))
+    return sum(close) > len(close) / 2 and all(calls), detail
 
 
 def evaluate(claims: list[dict[str, Any]], results: pl.DataFrame) -> list[Verdict]:

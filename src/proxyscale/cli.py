@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import count_params
 
     console.print(f"group: {k} member{'s' if k > 1 else ''}, width {cfg.model.width}, depth {cfg.model.depth}, "
-                  f"heads {cfg.model.heads}, N = {count_params(cfg.model):,} non-embedding parameters (byte vocab count), "
+                  f"heads {cfg.model.heads}, N = {count_params(cfg.model):,} non-embedding parameters, "
                   f"{cfg.train.steps} steps, {cfg.train.precision}")
     progress = None if args.quiet else _progress()
     try:

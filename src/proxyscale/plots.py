@@ -30,7 +30,7 @@ def _sizes(results: pl.DataFrame) -> list[str]:
 def lr_vs_loss(results: pl.DataFrame, path: Path, panels: str | None = None, title: str = "") -> list[Path]:
     """Final eval loss against peak LR, one line per size (viridis by size), one panel per ``panels`` value;
     losses above ℓ0 or NaN are drawn at ℓ0, as the LR sensitivity counts them."""
-    col = f"label.{panels}" if panels else None
+    col = _column(results, panels) if panels else None
     values = results[col].unique(maintain_order=True).to_list() if col else [None]
     sizes = _sizes(results)
     cmap = plt.get_cmap("viridis")
@@ -56,7 +56,7 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, panels: str | None = None, tit
 
 def sensitivity_vs_n(results: pl.DataFrame, path: Path, lines: str, title: str = "") -> list[Path]:
     """LR sensitivity against non-embedding parameters N, one line per value of ``lines``."""
-    col = f"label.{lines}"
+    col = _column(results, lines)
     s = sensitivity_frame(results, ["label.size", col])
     fig, ax = plt.subplots(figsize=(4.2, 3.4))
     for v in s[col].unique(maintain_order=True).to_list():
@@ -88,4 +88,78 @@ def over_steps(metrics: dict[str, pl.DataFrame], path: Path, columns: list[str],
     axes[0][-1].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _column(results: pl.DataFrame, name: str) -> str:
+    from .claims import _col
+
+    return _col(name)
+
+
+def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: str = "label.size", title: str = "",
+              logx: bool = True, logy: bool = True, where: dict[str, Any] | None = None,
+              vline: str | None = None) -> list[Path]:
+    """Each of ``y`` (one panel each) against ``x``, one line per value of ``lines`` (mean over other rows).
+    ``vline`` names a column whose mean is drawn as a dashed vertical line (e.g. the measured gradient RMS)."""
+    from .claims import _where
+
+    r = _where(results, where)
+    xc, lc = _column(r, x), _column(r, lines)
+    keys = r.sort("n_params")[lc].unique(maintain_order=True).to_list()
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, len(y), figsize=(4.2 * len(y), 3.4), squeeze=False)
+    for ax, col in zip(axes[0], y):
+        yc = _column(r, col)
+        for i, key in enumerate(keys):
+            part = r.filter(pl.col(lc) == key).group_by(xc).agg(pl.col(yc).mean()).sort(xc)
+            ax.plot(part[xc], part[yc], marker="o", ms=3, color=cmap(i / max(1, len(keys) - 1)), label=str(key))
+        if vline is not None:
+            v = r[_column(r, vline)].mean()
+            if v is not None:
+                ax.axvline(v, ls="--", color="grey", lw=1, label=f"{vline} ≈ {v:.2g}")
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("symlog" if (r[yc].min() or 0) <= 0 else "log")
+        ax.set_xlabel(x.removeprefix("member.").removeprefix("label."))
+        ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, title=lines.removeprefix("label."), title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def prediction(results: pl.DataFrame, path: Path, fit_sizes: int, degree: int = 1, margin: float = 0.1,
+               title: str = "") -> list[Path]:
+    """Fig 9: max attention logit at a fixed step against N per LR; fit on the small sizes (lines), the
+    extrapolation to the held-out size (open marker with its ±1σ band) and the measured value there (filled)."""
+    import numpy as np
+
+    from .analysis import predict
+    from .claims import prediction_table
+
+    t = prediction_table(results, fit_sizes, degree, margin=margin)
+    r = results.filter(pl.col("attn_logit_max/0@step").is_not_null())
+    cmap = plt.get_cmap("plasma")
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    xs = np.geomspace(min(t["fit_n"]), t["held_out_n"] * 1.2, 50)
+    for i, row in enumerate(t["rows"]):
+        c = cmap(i / max(1, len(t["rows"]) - 1))
+        part = r.filter(pl.col("member.lr") == row["lr"]).sort("n_params")
+        ax.plot(part["n_params"], part["attn_logit_max/0@step"], "o", color=c, ms=4)
+        ax.plot(xs, [predict(row["fit"], x)[0] for x in xs], "-", color=c, lw=1, label=f"LR {row['lr']:g}")
+        ax.errorbar([t["held_out_n"]], [row["predicted"]], yerr=[[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]]
+                    if row["low"] == row["low"] else None, fmt="s", mfc="none", color=c, ms=7)
+    if t["threshold"]:
+        ax.axhline(t["threshold"], ls="--", color="grey", lw=1, label=f"threshold {t['threshold']:.3g}")
+    ax.axvline(t["held_out_n"], ls=":", color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("non-embedding parameters N (dotted: held out of the fit)")
+    ax.set_ylabel("layer-0 max attention logit at fixed step")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
     return _save(fig, path)

@@ -19,7 +19,12 @@ SCALES = ("micro", "small", "paper")
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    """Experiment names in the paper's order: figures, then appendix items (E.*, C.*)."""
+    def key(name: str) -> tuple[int, int]:
+        prefix = 0 if name.startswith("fig") else 1 if name.startswith("e") else 2
+        return prefix, int("".join(ch for ch in name if ch.isdigit()) or 0)
+
+    return sorted((p.stem for p in EXPERIMENTS.glob("*.yaml")), key=key)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -33,9 +38,11 @@ def load(name: str) -> dict[str, Any]:
 def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path) -> list[str]:
     made = []
     fig_dir = out / "figures"
+    all_results = results
     for fig in exp.get("figures", []):
         path = fig_dir / f"{exp['name']}_{fig['name']}"
         kind = fig["kind"]
+        results = claims_mod._where(all_results, fig.get("where")) if kind != "metric_vs" else all_results
         if kind == "lr_vs_loss":
             made += plots.lr_vs_loss(results, path, panels=fig.get("panels"), title=exp["title"])
         elif kind == "sensitivity_vs_n":
@@ -43,6 +50,13 @@ def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path) -> list[str]
         elif kind == "over_steps":
             made += plots.over_steps(_curves(results, out, fig), path, fig["columns"], title=exp["title"],
                                      logy=tuple(fig.get("logy", ())))
+        elif kind == "metric_vs":
+            made += plots.metric_vs(results, path, fig["x"], fig["y"], lines=fig.get("lines", "label.size"),
+                                    title=exp["title"], logx=fig.get("logx", True), logy=fig.get("logy", True),
+                                    where=fig.get("where"), vline=fig.get("vline"))
+        elif kind == "prediction":
+            made += plots.prediction(results, path, fig["fit_sizes"], fig.get("degree", 1), fig.get("margin", 0.1),
+                                     title=exp["title"])
         else:
             raise ConfigError(f"{exp['name']}.figures: unknown kind {kind!r}")
     return [str(p.relative_to(out)) for p in made]
@@ -53,7 +67,7 @@ def _curves(results: pl.DataFrame, out: Path, fig: dict[str, Any]) -> dict[str, 
     curves = {}
     rows = results.filter((pl.col("member.lr") - fig["lr"]).abs() < 1e-12)
     for row in rows.iter_rows(named=True):
-        metrics = pl.read_parquet(out / "sweep" / "groups" / row["group"] / "metrics.parquet")
+        metrics = pl.read_parquet(out.parent / "groups" / row["group"] / "metrics.parquet")
         member = metrics.filter(pl.col("member") == row["member"]).filter(pl.col("loss").is_not_null())
         curves[f"{row['label.size']}, {fig['lines']}={row['label.' + fig['lines']]}"] = member
     return curves
@@ -68,7 +82,7 @@ def reproduce(name: str, scale: str, out: Path, workers: int = 1, progress: Any 
     sweep.expand(spec)  # validate before anything is written
     exp_out = out / name
     start = time.perf_counter()
-    results = sweep.run_sweep(spec, exp_out / "sweep", workers=workers, progress=progress)
+    results = sweep.run_sweep(spec, exp_out, workers=workers, progress=progress, pool=out / "groups")
     figures = _figures(exp, results, exp_out)
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
     table = sensitivity_table(results, exp)
@@ -85,5 +99,7 @@ def sensitivity_table(results: pl.DataFrame, exp: dict[str, Any]) -> pl.DataFram
     from .analysis import sensitivity_frame
 
     by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
+    by += [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
+           and results[c].n_unique() > 1]
     frame = sensitivity_frame(results, by)
     return frame.with_columns(pl.col("best_lr").map_elements(lambda x: x if math.isfinite(x) else None, return_dtype=pl.Float64))

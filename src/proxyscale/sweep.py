@@ -30,7 +30,8 @@ from . import config as config_mod
 from . import ladder, store
 from .config import ConfigError, GroupConfig
 
-SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps")
+SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels")
+PART_KEYS = ("base", "sizes", "axes", "members", "labels")
 
 
 @dataclass
@@ -53,20 +54,61 @@ def group_id(cfg: GroupConfig) -> str:
 
 
 def _set(raw: dict, path: str, value: Any, where: str) -> None:
-    section, _, name = path.partition(".")
-    if section not in config_mod.SECTIONS or not name:
-        raise ConfigError(f"{where}.{path}: unknown axis; valid: section.field with section in "
-                          f"{', '.join(config_mod.SECTIONS)} (e.g. model.qk_layernorm)")
-    raw.setdefault(section, {})[name] = value
+    """Set ``section.field`` in a raw config; ``a.b,c.d`` (a paired axis) sets several fields from a list."""
+    paths = path.split(",")
+    values = value if len(paths) > 1 else [value]
+    if len(paths) > 1 and (not isinstance(value, list) or len(value) != len(paths)):
+        raise ConfigError(f"{where}.{path}: each value of a paired axis is a list of {len(paths)} values, got {value!r}")
+    for one, v in zip(paths, values):
+        section, _, name = one.strip().partition(".")
+        if section not in config_mod.SECTIONS or not name:
+            raise ConfigError(f"{where}.{path}: unknown axis; valid: section.field with section in "
+                              f"{', '.join(config_mod.SECTIONS)} (e.g. model.qk_layernorm)")
+        raw.setdefault(section, {})[name] = v
+
+
+def _size_sets(spec: Any) -> list[tuple[str | None, dict[str, int] | None]]:
+    """``sizes`` -> [(set name, size)]: a ladder/list (set None) or named sets ``{depth: [...], width: [...]}``."""
+    if spec is None:
+        return [(None, None)]
+    if isinstance(spec, dict):
+        return [(name, s) for name, sub in spec.items() for s in ladder.sizes(sub)]
+    return [(None, s) for s in ladder.sizes(spec)]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Deep merge of raw config mappings: b's fields win."""
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def expand(spec: dict[str, Any]) -> list[Group]:
-    """Spec -> groups (validated); raises ConfigError naming the bad key."""
+    """Spec -> groups (validated); raises ConfigError naming the bad key.
+
+    ``parts`` (a list) splits a sweep into sub-sweeps, each overriding ``base`` (merged), ``sizes``, ``axes``,
+    ``members`` and adding ``labels`` — e.g. coupled decay on its own LR grid beside independent decay.
+    """
     if not isinstance(spec, dict):
         raise ConfigError("spec: expected a mapping with keys " + ", ".join(SPEC_KEYS))
     for key in spec:
         if key not in SPEC_KEYS:
             raise ConfigError(f"{key}: unknown spec key; valid: {', '.join(SPEC_KEYS)}")
+    if spec.get("parts"):
+        groups, seen = [], set()
+        for i, part in enumerate(spec["parts"]):
+            bad = [k for k in part if k not in PART_KEYS]
+            if bad:
+                raise ConfigError(f"parts[{i}].{bad[0]}: unknown key; valid: {', '.join(PART_KEYS)}")
+            sub = {k: v for k, v in spec.items() if k != "parts"}
+            sub.update({k: v for k, v in part.items() if k != "base"})
+            sub["base"] = _merge(spec.get("base") or {}, part.get("base") or {})
+            for g in expand(sub):
+                if g.id not in seen:
+                    seen.add(g.id)
+                    groups.append(g)
+        return groups
     base = spec.get("base") or {}
     axes = spec.get("axes") or {}
     if not isinstance(axes, dict):
@@ -78,18 +120,19 @@ def expand(spec: dict[str, Any]) -> list[Group]:
     for name, values in members.items():
         if isinstance(values, list) and not values:
             raise ConfigError(f"members.{name}: empty grid; give at least one value")
-    size_list = ladder.sizes(spec["sizes"]) if "sizes" in spec else [None]
     groups, seen = [], set()
-    for size in size_list:
+    for size_set, size in _size_sets(spec.get("sizes")):
         for combo in itertools.product(*axes.values()):
             raw = copy.deepcopy(base)
-            labels: dict[str, Any] = {}
+            labels: dict[str, Any] = dict(spec.get("labels") or {})
+            if size_set is not None:
+                labels["scaling"] = size_set
             if size is not None:
                 raw.setdefault("model", {}).update(size)
                 labels["size"] = ladder.size_label(size)
             for path, value in zip(axes, combo):
                 _set(raw, path, value, "axes")
-                labels[path] = value
+                labels[path] = str(value) if isinstance(value, list) else value
             raw["members"] = members
             cfg = config_mod.from_dict(raw)
             gid = group_id(cfg)
@@ -119,25 +162,30 @@ def _with_threads(cfg: GroupConfig, threads: int) -> GroupConfig:
 
 
 def _run_one(args: tuple[str, dict, str, int]) -> str:
-    """Worker entry (top-level for multiprocessing): train one group into out/groups/<id>."""
-    gid, raw_cfg, out, threads = args
+    """Worker entry (top-level for multiprocessing): train one group into pool/<id>."""
+    gid, raw_cfg, pool, threads = args
     from .train import train_group
 
     cfg = _with_threads(config_mod.from_dict(raw_cfg), threads)
-    train_group(cfg, Path(out) / "groups" / gid)
+    train_group(cfg, Path(pool) / gid)
     return gid
 
 
-def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress: Any = None) -> pl.DataFrame:
-    """Run every group of ``spec`` into ``out`` (skipping finished ones) and write ``out/results.parquet``."""
+def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress: Any = None,
+              pool: str | Path | None = None) -> pl.DataFrame:
+    """Run every group of ``spec`` (skipping finished ones) and write ``out/results.parquet``.
+
+    Groups live in ``pool/<id>`` (default ``out/groups``); experiments that share a pool share identical groups.
+    """
     groups = expand(spec)
     out = Path(out)
+    pool = Path(pool) if pool is not None else out / "groups"
     out.mkdir(parents=True, exist_ok=True)
     store.write_json(out / "spec.json", spec)
-    todo = [g for g in groups if not store.is_done(out / "groups" / g.id)]
+    todo = [g for g in groups if not store.is_done(pool / g.id)]
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0) if progress else None
-    jobs = [(g.id, g.cfg.to_dict(), str(out), threads) for g in todo]
+    jobs = [(g.id, g.cfg.to_dict(), str(pool), threads) for g in todo]
     start = time.perf_counter()
     if workers <= 1:
         for job in jobs:
@@ -155,7 +203,7 @@ def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress:
             for _ in pool.imap_unordered(_run_one, jobs):
                 if progress:
                     progress.advance(task)
-    results = collect(groups, out, tail_steps=spec.get("tail_steps"))
+    results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
     store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo),
                                           "seconds": round(time.perf_counter() - start, 1)})
@@ -176,7 +224,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def member_rows(group: Group, folder: Path, tail_steps: int | None = None) -> list[dict[str, Any]]:
+def member_rows(group: Group, folder: Path, tail_steps: int | None = None, at_step: int | None = None) -> list[dict[str, Any]]:
     """One row per member: labels, the group's flattened config, the member's scalars, ℓ0, final loss, flags and
     diagnostics averaged over the last ``tail_steps`` steps (default a fifth of the run, at most 500, paper §3)."""
     summary = store.read_json(folder / "summary.json")
@@ -199,14 +247,17 @@ def member_rows(group: Group, folder: Path, tail_steps: int | None = None) -> li
             row[name] = window[col].mean() if col in window.columns else None
         if "attn_logit_max/0" in mine.columns:
             row["attn_logit_max/0:max"] = mine["attn_logit_max/0"].max()
+            if at_step is not None:  # the scaling prediction reads the logit at a fixed step (paper §3, Fig 9)
+                at = mine.filter(pl.col("step") == at_step)["attn_logit_max/0"]
+                row["attn_logit_max/0@step"] = at[0] if len(at) else None
         rows.append(row)
     return rows
 
 
-def collect(groups: list[Group], out: Path, tail_steps: int | None = None) -> pl.DataFrame:
+def collect(groups: list[Group], pool: Path, tail_steps: int | None = None, at_step: int | None = None) -> pl.DataFrame:
     rows = []
     for g in groups:
-        folder = out / "groups" / g.id
+        folder = pool / g.id
         if store.is_done(folder):
-            rows += member_rows(g, folder, tail_steps)
+            rows += member_rows(g, folder, tail_steps, at_step)
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
