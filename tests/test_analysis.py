@@ -45,3 +45,23 @@ def test_readme_config_reference_is_current():
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert config_reference() in readme, "run: python -m proxyscale.docs and paste into README.md"
+
+
+def test_power_law_fit_and_extrapolation_uncertainty():
+    import numpy as np
+
+    from proxyscale.analysis import fit_log, predict
+
+    x = [1e3, 1e4, 1e5, 1e6]
+    y = [2.0 * v**0.5 for v in x]
+    fit = fit_log(x, y, degree=1)
+    assert fit["coef"][0] == pytest.approx(0.5) and fit["sigma"] == pytest.approx(0, abs=1e-9)
+    mid, lo, hi = predict(fit, 1e8)
+    assert mid == pytest.approx(2e4, rel=1e-6)
+    noisy = [v * f for v, f in zip(y, (1.3, 0.8, 1.2, 0.9))]
+    mid, lo, hi = predict(fit_log(x, noisy, degree=1), 1e8)
+    assert lo < mid < hi and hi / lo > 1.5  # extrapolation far out carries a visible band
+    quad = fit_log(x + [1e7], [2 * v**0.5 * np.exp(0.01 * np.log(v) ** 2) for v in x + [1e7]], degree=2)
+    assert quad["degree"] == 2 and len(quad["coef"]) == 3
+    with pytest.raises(ValueError):
+        fit_log([1.0], [1.0], degree=1)

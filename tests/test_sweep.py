@@ -117,3 +117,56 @@ def test_report_builds_from_a_tiny_reproduction(tmp_path, monkeypatch):
     assert page.count("data:image/png;base64,") >= 1 and "reproduce fig2 --scale micro" in page
     assert "reproduced" in page and "http" not in page.replace("http-equiv", "")  # self-contained
     assert (tmp_path / "fig2" / "figures" / "fig2_curves.svg").exists()
+
+
+def test_parts_paired_axes_and_named_size_sets(make_raw):
+    base = make_raw()
+    base.pop("members")
+    spec = {"base": base, "sizes": {"depth": [{"width": 32, "depth": 1, "heads": 1}, {"width": 32, "depth": 2, "heads": 1}],
+                                    "width": [{"width": 32, "depth": 1, "heads": 1}]},
+            "parts": [{"labels": {"decay": "independent"}, "members": {"lr": [1e-3, 1e-2]}},
+                      {"labels": {"decay": "coupled"}, "base": {"optim": {"independent_weight_decay": False, "weight_decay": 0.1}},
+                       "members": {"lr": [1e-4, 1e-3, 1e-2]}}]}
+    groups = sweep.expand(spec)
+    # 3 (set, size) pairs x 2 parts; the depth-1 size appears in both sets with different labels but one config
+    assert len(groups) == 4
+    coupled = [g for g in groups if g.labels["decay"] == "coupled"]
+    assert all(not g.cfg.optim.independent_weight_decay and g.cfg.optim.weight_decay == 0.1 for g in coupled)
+    assert all(len(g.cfg.member_list()) == 3 for g in coupled)
+    assert {g.labels["scaling"] for g in groups} == {"depth"}  # first label wins for a shared config
+    paired = sweep.expand({"base": base, "axes": {"optim.independent_weight_decay,optim.weight_decay": [[True, 1e-4], [False, 0.1]]}})
+    assert [(g.cfg.optim.independent_weight_decay, g.cfg.optim.weight_decay) for g in paired] == [(True, 1e-4), (False, 0.1)]
+    with pytest.raises(ConfigError, match="paired axis"):
+        sweep.expand({"base": base, "axes": {"optim.eps,optim.beta2": [[1e-8]]}})
+    with pytest.raises(ConfigError, match=r"parts\[0\]\.bogus"):
+        sweep.expand({"base": base, "parts": [{"bogus": 1}]})
+
+
+def test_trend_and_prediction_checks_on_synthetic_results():
+    rows = []
+    # logit = 10 * (N/1e4)^1.5 * (lr/1e-2); the largest size is held out of the fit
+    for n in (1e4, 3e4, 1e5, 3e5):
+        for lr in (1e-2, 1e-1):
+            logit = 10 * (n / 1e4) ** 1.5 * (lr / 1e-2)
+            loss = 2.0 + (1.0 if logit > 1e3 else 0.0)
+            for qk in ("head", "off"):  # the qk-layernorm runs are the reference for "unstable"
+                rows.append({"group": str(n), "label.size": f"n{int(n)}", "n_params": int(n), "member.lr": lr,
+                             "label.model.qk_layernorm": qk, "l0": 5.5, "diverged": False,
+                             "final_eval_loss": loss if qk == "off" else 2.0,
+                             "attn_logit_max/0@step": logit if qk == "off" else 5.0,
+                             "grad_rms/layers.0.w1": 1e-3 / n**0.5 / lr})
+    results = pl.DataFrame(rows)
+    ok, detail = claims.CHECKS["trend"](results, column="grad_rms/layers.0.w1", along="n_params", sign=-1, per="member.lr")
+    assert ok and "slope -0.5" in detail
+    ok, _ = claims.CHECKS["trend"](results, column="grad_rms/layers.0.w1", along="n_params", sign=1, per="member.lr")
+    assert not ok
+    ok, detail = claims.CHECKS["prediction"](results, fit_sizes=3, degree=1)
+    table = claims.prediction_table(results, fit_sizes=3, degree=1)
+    assert table["held_out_n"] == 300000 and table["threshold"] is not None
+    assert all(abs(r["predicted"] / r["measured"] - 1) < 1e-6 for r in table["rows"])  # exact power law
+    assert ok, detail
+    off_fit = results.with_columns(
+        pl.when(pl.col("n_params") == 300000).then(pl.col("attn_logit_max/0@step") * 10)
+        .otherwise(pl.col("attn_logit_max/0@step")).alias("attn_logit_max/0@step"))
+    ok, detail = claims.CHECKS["prediction"](off_fit, fit_sizes=3, degree=1)
+    assert not ok, detail

@@ -257,21 +257,26 @@ def trains_at(results: pl.DataFrame, lr: float, where: dict[str, Any] | None = N
 
 
 def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, column: str = "attn_logit_max/0@step",
-                     margin: float = 0.1) -> dict[str, Any]:
-    """Fig 9 as an out-of-sample test. Per LR: fit log10(logit) against log10(N) on the ``fit_sizes`` smallest sizes,
-    extrapolate to the next size (not in the fit). A run counts as unstable when its final loss is worse than the
-    best at its size by more than ``margin`` nats; the logit threshold is calibrated on the fitted sizes as the
-    geometric mean of the largest stable and the smallest unstable logit."""
+                     margin: float = 0.1, axis: str = "model.qk_layernorm", value: Any = "off",
+                     reference: Any = "head") -> dict[str, Any]:
+    """Fig 9 as an out-of-sample test, on the runs with ``axis == value`` (qk-layernorm off).
+
+    Per LR: fit log10(logit) against log10(N) on the ``fit_sizes`` smallest sizes and extrapolate to the next size,
+    which the fit never saw. A run is *unstable* when its final loss is worse by more than ``margin`` nats than the
+    run of the same size and LR with ``axis == reference`` (qk-layernorm on: the logit growth is what cost it), or
+    when it diverged. The logit threshold is calibrated on the fitted sizes: the geometric mean of the largest stable
+    and the smallest unstable logit, when they separate."""
     import math
 
     from .analysis import fit_log, predict
 
-    r = results.filter(pl.col(column).is_not_null())
-    sizes = r.group_by("n_params").agg(pl.col("label.size").first()).sort("n_params")
-    fit_n, held = sizes["n_params"][:fit_sizes].to_list(), sizes["n_params"][fit_sizes]
-    best = r.group_by("n_params").agg(pl.col("final_eval_loss").min().alias("best"))
-    r = r.join(best, on="n_params").with_columns(
-        ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("best") + margin) | pl.col("diverged")).alias("unstable"))
+    c = _col(axis)
+    ref = results.filter(pl.col(c) == reference).select("n_params", "member.lr", pl.col("final_eval_loss").alias("ref_loss"))
+    r = results.filter((pl.col(c) == value) & pl.col(column).is_not_null())
+    r = r.join(ref, on=["n_params", "member.lr"], how="left").with_columns(
+        ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("ref_loss") + margin) | pl.col("diverged")).alias("unstable"))
+    sizes = r.select("n_params").unique().sort("n_params")["n_params"].to_list()
+    fit_n, held = sizes[:fit_sizes], sizes[fit_sizes]
     fitted = r.filter(pl.col("n_params").is_in(fit_n))
     stable_max = fitted.filter(~pl.col("unstable"))[column].max()
     unstable_min = fitted.filter(pl.col("unstable"))[column].min()
@@ -293,16 +298,21 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, col
 
 
 @check
-def prediction(results: pl.DataFrame, fit_sizes: int, degree: int = 1, factor: float = 3.0, margin: float = 0.1) -> tuple[bool, str]:
+def prediction(results: pl.DataFrame, fit_sizes: int, degree: int = 1, factor: float = 3.0, margin: float = 0.1,
+               axis: str = "model.qk_layernorm", value: Any = "off", reference: Any = "head") -> tuple[bool, str]:
     """Fig 9: the extrapolated logit is within ``factor`` of the measured one at most LRs, and the threshold
     (calibrated on the fitted sizes) predicts which held-out runs are unstable, at every LR."""
-    t = prediction_table(results, fit_sizes, degree, margin=margin)
+    t = prediction_table(results, fit_sizes, degree, margin=margin, axis=axis, value=value, reference=reference)
     close = [r["measured"] is not None and 1 / factor <= r["predicted"] / r["measured"] <= factor for r in t["rows"]]
     calls = [r["predicted_unstable"] == r["unstable"] for r in t["rows"]] if t["threshold"] else [False]
-    detail = (f"fit on N={t['fit_n']}, held out N={t['held_out_n']}; threshold "
-              f"{'%.3g' % t['threshold'] if t['threshold'] else 'none (stable and unstable logits overlap on the fitted sizes)'}; "
-              + "; ".join(f"LR {r['lr']:g}: predicted {r['predicted']:.3g} vs measured {r['measured']:.3g}"
-                          f"{' (unstable)' if r['unstable'] else ''}" for r in t["rows"]))
+    thr = (f"{t['threshold']:.3g}" if t["threshold"] else
+           f"none (stable logits up to {t['stable_max']}, unstable from {t['unstable_min']}: they do not separate)")
+    detail = (f"fit on N={t['fit_n']}, held out N={t['held_out_n']}; unstable = loss > qk-LN run + {margin} nats; "
+              f"threshold {thr}; " + "; ".join(
+                  f"LR {r['lr']:g}: predicted {r['predicted']:.3g} vs measured {r['measured']:.3g}"
+                  f"{' (unstable' if r['unstable'] else ' (stable'}, predicted "
+                  f"{'unstable' if r['predicted_unstable'] else 'stable' if r['predicted_unstable'] is not None else '?'})"
+                  for r in t["rows"]))
     return sum(close) > len(close) / 2 and all(calls), detail
 
 

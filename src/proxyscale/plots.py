@@ -141,7 +141,7 @@ def prediction(results: pl.DataFrame, path: Path, fit_sizes: int, degree: int = 
     from .claims import prediction_table
 
     t = prediction_table(results, fit_sizes, degree, margin=margin)
-    r = results.filter(pl.col("attn_logit_max/0@step").is_not_null())
+    r = results.filter(pl.col("attn_logit_max/0@step").is_not_null() & (pl.col("label.model.qk_layernorm") == "off"))
     cmap = plt.get_cmap("plasma")
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     xs = np.geomspace(min(t["fit_n"]), t["held_out_n"] * 1.2, 50)
