@@ -127,13 +127,15 @@ class GroupRun:
         self.l0: torch.Tensor | None = None
         self.log = MetricsLog(K)
         self.next_step = 0
+        self.seconds = 0.0  # wall time spent training this group, summed over resumes
         self.tokens_per_step = K * cfg.data.batch_size * cfg.data.seq_len
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"config": json.dumps(_config_json(self.cfg)), "flat": self.fp.flat,
                 "opt": self.opt.state_dict(), "active": self.active, "diverged_step": self.diverged_step,
-                "over": self.over, "l0": self.l0, "log": self.log.state(), "next_step": self.next_step}
+                "over": self.over, "l0": self.l0, "log": self.log.state(), "next_step": self.next_step,
+                "seconds": self.seconds + time.perf_counter() - self._started}
 
     def restore(self, state: dict[str, Any]) -> None:
         if not _same_run(json.loads(state["config"]), _config_json(self.cfg)):
@@ -145,6 +147,7 @@ class GroupRun:
         self.diverged_step = state["diverged_step"]
         self.log.load_state(state["log"])
         self.next_step = int(state["next_step"])
+        self.seconds = float(state.get("seconds", 0.0))
         self.log.truncate(self.next_step)
 
     # -- one step ----------------------------------------------------------------------------------------------
@@ -178,6 +181,7 @@ class GroupRun:
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self, on_step: Callable[[int], None] | None = None, progress: Any = None) -> dict[str, Any]:
         t = self.cfg.train
+        self._started = time.perf_counter()
         if self.l0 is None:
             self.l0 = evaluate(self.model, self.params, self.batches, self.device, self.precision)
         task = progress.add_task("train", total=t.steps, completed=self.next_step, tps=0.0, logit=0.0) if progress else None
@@ -219,6 +223,7 @@ class GroupRun:
             members.append({"member": i, **dataclasses.asdict(m), "l0": l0[i], "final_eval_loss": finite_or_none(fin[i]),
                              "diverged": ds >= 0, "diverged_step": ds if ds >= 0 else None})
         return {"n_params": self.n_params, "vocab_size": self.vocab_size, "steps": self.cfg.train.steps,
+                "precision": self.precision, "seconds": round(self.seconds + time.perf_counter() - self._started, 2),
                 "members": members, "tokens_per_s": float(tps.median()) if len(tps) else None,
                 "lr_sensitivity": sensitivity_table(self.members, fin, l0)}
 
