@@ -170,3 +170,11 @@ def test_trend_and_prediction_checks_on_synthetic_results():
         .otherwise(pl.col("attn_logit_max/0@step")).alias("attn_logit_max/0@step"))
     ok, detail = claims.CHECKS["prediction"](off_fit, fit_sizes=3, degree=1)
     assert not ok, detail
+
+
+def test_workers_give_the_same_results_as_sequential(tmp_path, make_raw):
+    s = spec(make_raw, axes={"model.qk_layernorm": ["head"]})
+    seq = sweep.run_sweep(s, tmp_path / "seq")
+    par = sweep.run_sweep(s, tmp_path / "par", workers=2)
+    cols = [c for c in seq.columns if c != "tokens_per_s"]
+    assert seq.select(cols).sort("group", "member").equals(par.select(cols).sort("group", "member"))

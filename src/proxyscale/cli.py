@@ -81,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _group_progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("running {task.fields[running]}"), TimeRemainingColumn(), console=console)
+                    TextColumn("done, {task.fields[running]} running, {task.fields[left]} left"),
+                    TimeRemainingColumn(), console=console)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of the data stream (every member sees the same batches) and the default init seed."""
     threads: int = 0
-    """CPU threads for torch (0 = leave torch's default)."""
+    """CPU threads for torch (0 = auto: torch's default for one group, cores / workers in a sweep)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``bf16``: bf16 autocast with float32 master weights and optimizer state (paper §3.1); ``fp32``: float32
     throughout (exact tests); ``auto``: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with

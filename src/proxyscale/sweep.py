@@ -166,7 +166,9 @@ def _run_one(args: tuple[str, dict, str, int]) -> str:
     gid, raw_cfg, pool, threads = args
     from .train import train_group
 
-    cfg = _with_threads(config_mod.from_dict(raw_cfg), threads)
+    cfg = config_mod.from_dict(raw_cfg)
+    if cfg.train.threads == 0:  # auto: cores / workers, so N workers never oversubscribe the machine
+        cfg = _with_threads(cfg, threads)
     train_group(cfg, Path(pool) / gid)
     return gid
 
@@ -184,25 +186,28 @@ def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress:
     store.write_json(out / "spec.json", spec)
     todo = [g for g in groups if not store.is_done(pool / g.id)]
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0) if progress else None
+    task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0,
+                             left=len(todo)) if progress else None
     jobs = [(g.id, g.cfg.to_dict(), str(pool), threads) for g in todo]
     start = time.perf_counter()
+
+    def show(done: int, running: int) -> None:
+        if progress:
+            progress.update(task, completed=len(groups) - len(todo) + done, running=running,
+                            left=len(todo) - done - running)
+
     if workers <= 1:
-        for job in jobs:
-            if progress:
-                progress.update(task, running=1)
+        for i, job in enumerate(jobs):
+            show(i, 1)
             _run_one(job)
-            if progress:
-                progress.advance(task)
+        show(len(jobs), 0)
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
-            if progress:
-                progress.update(task, running=min(workers, len(jobs)))
-            for _ in pool.imap_unordered(_run_one, jobs):
-                if progress:
-                    progress.advance(task)
+        with mp.get_context("spawn").Pool(workers) as workers_pool:
+            show(0, min(workers, len(jobs)))
+            for i, _ in enumerate(workers_pool.imap_unordered(_run_one, jobs), start=1):
+                show(i, min(workers, len(jobs) - i))
     results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
     store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo),
