@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
 from .analysis import sensitivity_frame  # noqa: E402
@@ -26,6 +27,7 @@ def _save(fig: Any, path: Path) -> list[Path]:
 def _style(ax: Any, xlabel: str, ylabel: str, title: str = "", logy: bool = False, legend: int = 7) -> None:
     """The common look: log-x axis (N or LR), labels, grid, legend."""
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

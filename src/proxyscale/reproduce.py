@@ -105,5 +105,5 @@ def sensitivity_table(results: pl.DataFrame, exp: dict[str, Any]) -> pl.DataFram
     by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
     by += [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
            and results[c].n_unique() > 1]
-    frame = sensitivity_frame(results, by)
+    frame = sensitivity_frame(results, by).sort(["n_params", *by[1:]])
     return frame.with_columns(pl.col("best_lr").map_elements(lambda x: x if math.isfinite(x) else None, return_dtype=pl.Float64))
