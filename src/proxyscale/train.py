@@ -102,6 +102,7 @@ class GroupRun:
     """State of one group's training; ``run()`` trains to the end, checkpointing and resuming in ``out``."""
 
     def __init__(self, cfg: GroupConfig, out: Path, data: TokenData | None = None) -> None:
+        self._started = time.perf_counter()  # setup (data, init) counts towards the group's seconds
         self.cfg, self.out = cfg, Path(out)
         t = cfg.train
         self.device = resolve_device(t.device)
@@ -181,7 +182,6 @@ class GroupRun:
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self, on_step: Callable[[int], None] | None = None, progress: Any = None) -> dict[str, Any]:
         t = self.cfg.train
-        self._started = time.perf_counter()
         if self.l0 is None:
             self.l0 = evaluate(self.model, self.params, self.batches, self.device, self.precision)
         task = progress.add_task("train", total=t.steps, completed=self.next_step, tps=0.0, logit=0.0) if progress else None
