@@ -29,6 +29,8 @@ def test_expansion_and_stable_ids(make_raw):
     s3["base"]["optim"]["warmup"] = 4
     assert not {g.id for g in sweep.expand(s3)} & {g.id for g in groups}
     assert groups[0].labels == {"size": "d32-L1 (12k)", "model.qk_layernorm": "head"}
+    no_sizes = sweep.expand({k: v for k, v in spec(make_raw).items() if k != "sizes"})
+    assert no_sizes[0].labels["size"] == "d32-L2 (25k)"  # the base model's size, even with no sizes axis
 
 
 @pytest.mark.parametrize("over, field", [

@@ -135,6 +135,9 @@ def expand(spec: dict[str, Any]) -> list[Group]:
                 labels[path] = str(value) if isinstance(value, list) else value
             raw["members"] = members
             cfg = config_mod.from_dict(raw)
+            if "size" not in labels:  # every group carries its size, also when the spec names no sizes
+                m = cfg.model
+                labels = {"size": ladder.size_label({"width": m.width, "depth": m.depth, "heads": m.heads}), **labels}
             gid = group_id(cfg)
             if gid not in seen:
                 seen.add(gid)
