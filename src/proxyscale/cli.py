@@ -110,6 +110,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(col: str) -> str:
+    """label.model.qk_layernorm -> qk_layernorm; member.warmup -> warmup."""
+    return col.removeprefix("label.").removeprefix("member.").split(".")[-1]
+
+
+def sensitivity_table(rows: list[dict], title: str) -> Table:
+    """The LR-sensitivity rows of an experiment, narrow enough for an 80-column terminal."""
+    table = Table(title=title)
+    if not rows:
+        return table
+    keys = [k for k in rows[0] if k.startswith(("label.", "member."))]
+    keys = list({_short(k): k for k in reversed(keys)}.values())[::-1]  # one column per short name
+    shown = [(k, _short(k)) for k in keys] + [("lr_sensitivity", "LR sensitivity"), ("best_lr", "best LR"),
+                                                ("best_loss", "best loss"), ("diverged", "diverged")]
+    for _, head in shown:
+        table.add_column(head, justify="right", overflow="fold")
+    for r in rows:
+        table.add_row(*[(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])) for k, _ in shown])
+    return table
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import report, reproduce
 
@@ -123,13 +144,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         console.rule(f"{name} ({args.scale})")
         with _group_progress() as progress:
             rec = reproduce.reproduce(name, args.scale, out, workers=args.workers, progress=progress)
-        table = Table(title=f"{name}: LR sensitivity")
-        rows = rec["sensitivity"]
-        for col in rows[0] if rows else []:
-            table.add_column(col.removeprefix("label."), justify="right")
-        for r in rows:
-            table.add_row(*[_fmt(v) if isinstance(v, float) else str(v) for v in r.values()])
-        console.print(table)
+        console.print(sensitivity_table(rec["sensitivity"], f"{name}: LR sensitivity per group of LRs"))
         for v in rec["verdicts"]:
             colour = "green" if v["verdict"] == "reproduced" else "red"
             console.print(f"[{colour}]{v['verdict']}[/{colour}]: {v['claim']}\n    {v['detail']}", highlight=False)
