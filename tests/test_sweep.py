@@ -152,7 +152,8 @@ def test_trend_and_prediction_checks_on_synthetic_results():
             logit = 10 * (n / 1e4) ** 1.5 * (lr / 1e-2)
             loss = 2.0 + (1.0 if logit > 1e3 else 0.0)
             for qk in ("head", "off"):  # the qk-layernorm runs are the reference for "unstable"
-                rows.append({"group": str(n), "label.size": f"n{int(n)}", "n_params": int(n), "member.lr": lr,
+                rows.append({"group": str(n), "label.size": f"n{int(n)}", "member.lr": lr,
+                             "n_params": int(n) + (64 if qk == "head" else 0),  # qk-LN scales add parameters
                              "label.model.qk_layernorm": qk, "l0": 5.5, "diverged": False,
                              "final_eval_loss": loss if qk == "off" else 2.0,
                              "attn_logit_max/0@step": logit if qk == "off" else 5.0,

@@ -271,9 +271,10 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, col
     from .analysis import fit_log, predict
 
     c = _col(axis)
-    ref = results.filter(pl.col(c) == reference).select("n_params", "member.lr", pl.col("final_eval_loss").alias("ref_loss"))
+    # joined on the size label: qk-layernorm's scales make N differ slightly between the two variants
+    ref = results.filter(pl.col(c) == reference).select("label.size", "member.lr", pl.col("final_eval_loss").alias("ref_loss"))
     r = results.filter((pl.col(c) == value) & pl.col(column).is_not_null())
-    r = r.join(ref, on=["n_params", "member.lr"], how="left").with_columns(
+    r = r.join(ref, on=["label.size", "member.lr"], how="left").with_columns(
         ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("ref_loss") + margin) | pl.col("diverged")).alias("unstable"))
     sizes = r.select("n_params").unique().sort("n_params")["n_params"].to_list()
     fit_n, held = sizes[:fit_sizes], sizes[fit_sizes]
