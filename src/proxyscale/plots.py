@@ -17,6 +17,7 @@ from .analysis import sensitivity_frame  # noqa: E402
 
 def _save(fig: Any, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     out = [path.with_suffix(".png"), path.with_suffix(".svg")]
     fig.savefig(out[0], dpi=110, bbox_inches="tight")
     fig.savefig(out[1], bbox_inches="tight")
@@ -107,7 +108,7 @@ def _column(results: pl.DataFrame, name: str) -> str:
 
 
 def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: str = "label.size", title: str = "",
-              logx: bool = True, logy: bool = True, where: dict[str, Any] | None = None,
+              logx: bool = True, logy: bool | list[bool] = True, where: dict[str, Any] | None = None,
               vline: str | None = None) -> list[Path]:
     """Each of ``y`` (one panel each) against ``x``, one line per value of ``lines`` (mean over other rows).
     ``vline`` names a column whose mean is drawn as a dashed vertical line (e.g. the measured gradient RMS)."""
@@ -117,8 +118,9 @@ def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: st
     xc, lc = _column(r, x), _column(r, lines)
     keys = r.sort("n_params")[lc].unique(maintain_order=True).to_list()
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, len(y), figsize=(4.2 * len(y), 3.4), squeeze=False)
-    for ax, col in zip(axes[0], y):
+    logys = logy if isinstance(logy, list) else [logy] * len(y)
+    fig, axes = plt.subplots(1, len(y), figsize=(4.6 * len(y), 3.4), squeeze=False)
+    for ax, col, log_this in zip(axes[0], y, logys):
         yc = _column(r, col)
         for i, key in enumerate(keys):
             part = r.filter(pl.col(lc) == key).group_by(xc).agg(pl.col(yc).mean()).sort(xc)
@@ -129,7 +131,7 @@ def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: st
                 ax.axvline(v, ls="--", color="grey", lw=1, label=f"{vline} ≈ {v:.2g}")
         if logx:
             ax.set_xscale("log")
-        if logy:
+        if log_this:
             ax.set_yscale("symlog" if (r[yc].min() or 0) <= 0 else "log")
         ax.set_xlabel(x.removeprefix("member.").removeprefix("label."))
         ax.set_ylabel(col)
