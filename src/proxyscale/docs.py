@@ -53,6 +53,7 @@ def experiments_table(root: str) -> str:
         rec = json.loads(path.read_text())
         n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
         claims = "; ".join(f"{'✔' if v['verdict'] == 'reproduced' else '✘'} {v['claim']}" for v in rec["verdicts"])
+        claims = claims.replace("|", "\\|")  # a '|' inside a cell would split the markdown table
         lines.append(f"| {rec['title'].split(':')[0]} | `{rec['command'].replace(' --scale micro', '')}` | "
                      f"{rec['seconds'] / 60:.1f} min | {n_ok}/{len(rec['verdicts'])}: {claims} |")
     return "\n".join(lines)
