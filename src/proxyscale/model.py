@@ -173,10 +173,16 @@ class ProxyGPT:
     @torch.no_grad()
     def _record_attention(self, rec: Recorder, q: torch.Tensor, k: torch.Tensor, members: int) -> None:
         """Max pre-softmax logit over heads, causal positions and batch; mean q/k norms. q, k [K·B, H, T, Dh]."""
-        t = q.shape[-2]
-        logits = torch.matmul(q.float(), k.float().transpose(-1, -2))  # float32: exact maxima, [K·B, H, T, T]
-        logits.mul_(self.scale).add_(self._causal_bias(t, q.device))  # in place: -inf above the diagonal
-        rec.attn_logit_max.append(logits.view(members, -1).amax(dim=1))
+        n, h, t, _ = q.shape
+        bias = self._causal_bias(t, q.device)
+        # in chunks of sequences whose [chunk, H, T, T] logits stay cache-sized (~1M floats), not all K·B at once
+        chunk = max(1, min(n // members, (1 << 20) // (h * t * t)))
+        maxima = []
+        for i in range(0, n, chunk):
+            logits = torch.matmul(q[i:i + chunk].float(), k[i:i + chunk].float().transpose(-1, -2))  # float32: exact
+            logits.mul_(self.scale).add_(bias)  # in place: -inf above the diagonal
+            maxima.append(logits.flatten(1).amax(dim=1))  # per sequence
+        rec.attn_logit_max.append(torch.cat(maxima).view(members, -1).amax(dim=1))
         rec.q_norm.append(torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
         rec.k_norm.append(torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
 
