@@ -91,7 +91,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``bf16``: bf16 autocast with float32 master weights and optimizer state (paper §3.1); ``fp32``: float32
     throughout (exact tests); ``auto``: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with
-    AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 matmuls run ~20x slower than fp32 (measured)."""
+    AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 runs 10-17x slower than fp32 (measured)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     checkpoint_every: int = 200
