@@ -2,7 +2,6 @@ import math
 
 import polars as pl
 import pytest
-import torch
 
 from proxyscale import config
 from proxyscale.train import train_group

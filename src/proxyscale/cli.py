@@ -50,7 +50,7 @@ def print_summary(summary: dict, title: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import GroupRun, train_group  # noqa: F401  (torch import deferred until needed)
+    from .train import train_group  # deferred: torch loads only for commands that train
 
     cfg = config_mod.load(args.config, args.set)
     out = Path(args.out)
