@@ -56,7 +56,11 @@ def _section(folder: Path, rec: dict[str, Any]) -> str:
 def build(root: Path) -> Path:
     """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``)."""
     root = Path(root)
-    records = sorted(root.glob("*/verdicts.json")) + ([root / "verdicts.json"] if (root / "verdicts.json").exists() else [])
+    from .reproduce import names
+
+    order = {name: i for i, name in enumerate(names())}  # the paper's order, unknown names last
+    records = sorted(root.glob("*/verdicts.json"), key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name))
+    records += [root / "verdicts.json"] if (root / "verdicts.json").exists() else []
     if not records:
         from .config import ConfigError
 
