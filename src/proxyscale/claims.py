@@ -65,20 +65,30 @@ def _sens(results: pl.DataFrame, axis: str, per: str = "label.size") -> pl.DataF
     return sensitivity_frame(results, keys).sort("n_params")
 
 
+def _paired(results: pl.DataFrame, axis: str, a: Any, b: Any, column: str = "lr_sensitivity",
+            per: str = "label.size") -> tuple[list[Any], list[float], list[float]]:
+    """Per ``per`` group (sorted by N): (keys, column with axis == a, column with axis == b) of the sensitivity frame."""
+    s, c, p = _sens(results, axis, per), _col(axis), _col(per)
+    left = s.filter(pl.col(c) == a).select(p, "n_params", pl.col(column).alias("a"))
+    right = s.filter(pl.col(c) == b).select(p, pl.col(column).alias("b"))
+    both = left.join(right, on=p).sort("n_params")
+    return both[p].to_list(), both["a"].to_list(), both["b"].to_list()
+
+
+def _wins(xs: list[float], ys: list[float], at_least: str) -> bool:
+    """x < y in every pair (``all``) or in a majority (``most``); never true for no pairs."""
+    wins = [x < y for x, y in zip(xs, ys)]
+    return bool(wins) and (all(wins) if at_least == "all" else sum(wins) > len(wins) / 2)
+
+
 @check
 def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "all",
                       per: str = "label.size", where: dict[str, Any] | None = None) -> tuple[bool, str]:
     """The LR sensitivity with ``axis == better`` is below that with ``axis == worse`` in every ``per`` group
     (every size by default; ``at_least: most`` for a majority)."""
-    s = _sens(_where(results, where), axis, per)
-    c, p = _col(axis), _col(per)
-    good = s.filter(pl.col(c) == better).select(p, "n_params", pl.col("lr_sensitivity").alias("a"))
-    bad = s.filter(pl.col(c) == worse).select(p, pl.col("lr_sensitivity").alias("b"))
-    both = good.join(bad, on=p).sort("n_params")
-    wins = [a < b for a, b in zip(both["a"], both["b"])]
-    ok = all(wins) if at_least == "all" else sum(wins) > len(wins) / 2
-    pairs = "; ".join(f"{k}: {a:.3f} vs {b:.3f}" for k, a, b in zip(both[p], both["a"], both["b"]))
-    return ok and len(wins) > 0, f"LR sensitivity {axis}={better} vs {worse} — {pairs}"
+    keys, xs, ys = _paired(_where(results, where), axis, better, worse, per=per)
+    pairs = "; ".join(f"{k}: {a:.3f} vs {b:.3f}" for k, a, b in zip(keys, xs, ys))
+    return _wins(xs, ys, at_least), f"LR sensitivity {axis}={better} vs {worse} — {pairs}"
 
 
 @check
@@ -209,14 +219,10 @@ def norms_explain_logits(results: pl.DataFrame, lr: float, axis: str, high: Any,
 @check
 def gap_grows_with_n(results: pl.DataFrame, axis: str, better: Any, worse: Any) -> tuple[bool, str]:
     """sensitivity(worse) − sensitivity(better) is larger at the largest size than at the smallest."""
-    s = _sens(results, axis)
-    c = _col(axis)
-    a = s.filter(pl.col(c) == better).select("label.size", "n_params", pl.col("lr_sensitivity").alias("a"))
-    b = s.filter(pl.col(c) == worse).select("label.size", pl.col("lr_sensitivity").alias("b"))
-    both = a.join(b, on="label.size").sort("n_params")
-    gaps = [y - x for x, y in zip(both["a"], both["b"])]
+    keys, xs, ys = _paired(results, axis, better, worse)
+    gaps = [y - x for x, y in zip(xs, ys)]
     return len(gaps) >= 2 and gaps[-1] > gaps[0], f"sensitivity gap {axis}={worse} minus {better} by size — " + "; ".join(
-        f"{k}: {g:+.3f}" for k, g in zip(both["label.size"], gaps))
+        f"{k}: {g:+.3f}" for k, g in zip(keys, gaps))
 
 
 @check
@@ -235,15 +241,9 @@ def sensitivity_slope_larger(results: pl.DataFrame, axis: str, steeper: Any, fla
 @check
 def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "most") -> tuple[bool, str]:
     """The best final loss over the LR grid is lower with ``axis == better`` at most (or all) sizes."""
-    s = _sens(results, axis)
-    c = _col(axis)
-    a = s.filter(pl.col(c) == better).select("label.size", "n_params", pl.col("best_loss").alias("a"))
-    b = s.filter(pl.col(c) == worse).select("label.size", pl.col("best_loss").alias("b"))
-    both = a.join(b, on="label.size").sort("n_params")
-    wins = [x < y for x, y in zip(both["a"], both["b"])]
-    ok = all(wins) if at_least == "all" else sum(wins) > len(wins) / 2
-    return ok and bool(wins), f"best loss {axis}={better} vs {worse} — " + "; ".join(
-        f"{k}: {x:.3f} vs {y:.3f}" for k, x, y in zip(both["label.size"], both["a"], both["b"]))
+    keys, xs, ys = _paired(results, axis, better, worse, column="best_loss")
+    return _wins(xs, ys, at_least), f"best loss {axis}={better} vs {worse} — " + "; ".join(
+        f"{k}: {x:.3f} vs {y:.3f}" for k, x, y in zip(keys, xs, ys))
 
 
 @check

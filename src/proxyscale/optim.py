@@ -38,6 +38,9 @@ class FlatParams:
             self.slices[n] = slice(start, start + size)
             start += size
         self.flat = torch.cat([t.reshape(t.shape[0], -1) for t in tensors.values()], dim=1).contiguous()
+        device = self.flat.device
+        self.sizes = torch.tensor(sizes, device=device)  # [n_tensors] elements per member
+        self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), self.sizes)  # [P] tensor id
         K = self.flat.shape[0]
         self.params = {n: self.flat[:, self.slices[n]].view(K, *self.shapes[n]).detach().requires_grad_(True)
                        for n in self.names}
@@ -51,17 +54,11 @@ class FlatParams:
         """Per-tensor gradients -> ``[K, P]`` in the buffer's layout."""
         return torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in self.names], dim=1)
 
-    def per_tensor(self, x: torch.Tensor, reduce: str = "rms") -> dict[str, torch.Tensor]:
-        """Per-member, per-tensor RMS (or sum of squares) of a ``[K, P]`` tensor: ``{name: [K]}``.
+    def per_tensor(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-member, per-tensor RMS of a ``[K, P]`` tensor: ``{name: [K]}``.
         One segmented sum over the buffer (index_add_) instead of a reduction per tensor."""
-        if not hasattr(self, "_segment"):
-            sizes = torch.tensor([s.stop - s.start for s in self.slices.values()], device=x.device)
-            self._segment = torch.repeat_interleave(torch.arange(len(self.names), device=x.device), sizes)
-            self._numel = sizes.to(torch.float32)
         sums = torch.zeros(x.shape[0], len(self.names), device=x.device).index_add_(1, self._segment, x.square())
-        if reduce == "rms":
-            sums = (sums / self._numel).sqrt_()
-        return dict(zip(self.names, sums.unbind(1)))
+        return dict(zip(self.names, (sums / self.sizes).sqrt_().unbind(1)))
 
 
 class BatchedAdamW:
@@ -83,7 +80,6 @@ class BatchedAdamW:
         mults = {n: specs[n].lr_mult for n in fp.names}
         self.lr_mult = fp.row(mults) if any(v != 1.0 for v in mults.values()) else None  # μParam (§3.4)
         self.decay_mask = fp.row({n: float(specs[n].decay) for n in fp.names})  # norm scales are not decayed
-        self.sizes = torch.tensor([s.stop - s.start for s in fp.slices.values()], device=device)
         self.m = torch.zeros_like(fp.flat)
         self.v = torch.zeros_like(fp.flat)
         self._g, self._d = torch.empty_like(fp.flat), torch.empty_like(fp.flat)  # scratch [K, P]
@@ -123,8 +119,7 @@ class BatchedAdamW:
         all_active = bool(active.all())
         stats = {"grad_norm": grad_norm, "applied": active}
         if want_stats:
-            numel = {n: s.stop - s.start for n, s in fp.slices.items()}
-            stats.update({f"grad_rms/{n}": (ss / numel[n]).sqrt() for n, ss in fp.per_tensor(g, "sumsq").items()})
+            stats.update({f"grad_rms/{n}": r for n, r in fp.per_tensor(g).items()})  # before clipping
         if not all_active:
             frozen = ~active
             saved = (p[frozen].clone(), m[frozen].clone(), v[frozen].clone())
@@ -141,7 +136,7 @@ class BatchedAdamW:
         step_lr = lr_t if self.lr_mult is None else lr_t * self.lr_mult  # [K, 1] or [K, P]
         if c.rms_scaled_lr:  # Appendix E.14: each tensor's LR × max(RMS(p), 1e-3)
             rms = torch.stack(list(fp.per_tensor(p).values()), dim=1)  # [K, n_tensors]
-            step_lr = step_lr * rms.clamp(min=1e-3).repeat_interleave(self.sizes, dim=1)
+            step_lr = step_lr * rms.clamp(min=1e-3).repeat_interleave(fp.sizes, dim=1)
         # independent: θ −= s·λ·θ ; coupled: θ −= s·η·λ·θ (paper §3.2.2); decay from the old θ, then Δ
         decay = torch.where(self.independent, s_t * self.wd, step_lr * self.wd) * self.decay_mask
         p.mul_(1.0 - decay).sub_(delta.mul_(step_lr))

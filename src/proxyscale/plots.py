@@ -13,6 +13,7 @@ import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
 from .analysis import sensitivity_frame  # noqa: E402
+from .claims import _col  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> list[Path]:
@@ -45,7 +46,7 @@ def _sizes(results: pl.DataFrame) -> list[str]:
 def lr_vs_loss(results: pl.DataFrame, path: Path, panels: str | None = None, title: str = "") -> list[Path]:
     """Final eval loss against peak LR, one line per size (viridis by size), one panel per ``panels`` value;
     losses above ℓ0 or NaN are drawn at ℓ0, as the LR sensitivity counts them."""
-    col = _column(results, panels) if panels else None
+    col = _col(panels) if panels else None
     values = results[col].unique(maintain_order=True).to_list() if col else [None]
     sizes = _sizes(results)
     cmap = plt.get_cmap("viridis")
@@ -71,7 +72,7 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, panels: str | None = None, tit
 
 def sensitivity_vs_n(results: pl.DataFrame, path: Path, lines: str, title: str = "") -> list[Path]:
     """LR sensitivity against non-embedding parameters N, one line per value of ``lines``."""
-    col = _column(results, lines)
+    col = _col(lines)
     s = sensitivity_frame(results, ["label.size", col])
     fig, ax = plt.subplots(figsize=(4.2, 3.4))
     for v in s[col].unique(maintain_order=True).to_list():
@@ -101,12 +102,6 @@ def over_steps(metrics: dict[str, pl.DataFrame], path: Path, columns: list[str],
     return _save(fig, path)
 
 
-def _column(results: pl.DataFrame, name: str) -> str:
-    from .claims import _col
-
-    return _col(name)
-
-
 def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: str = "label.size", title: str = "",
               logx: bool = True, logy: bool | list[bool] = True, where: dict[str, Any] | None = None,
               vline: str | None = None) -> list[Path]:
@@ -115,18 +110,18 @@ def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: st
     from .claims import _where
 
     r = _where(results, where)
-    xc, lc = _column(r, x), _column(r, lines)
+    xc, lc = _col(x), _col(lines)
     keys = r.sort("n_params")[lc].unique(maintain_order=True).to_list()
     cmap = plt.get_cmap("viridis")
     logys = logy if isinstance(logy, list) else [logy] * len(y)
     fig, axes = plt.subplots(1, len(y), figsize=(4.6 * len(y), 3.4), squeeze=False)
     for ax, col, log_this in zip(axes[0], y, logys):
-        yc = _column(r, col)
+        yc = _col(col)
         for i, key in enumerate(keys):
             part = r.filter(pl.col(lc) == key).group_by(xc).agg(pl.col(yc).mean()).sort(xc)
             ax.plot(part[xc], part[yc], marker="o", ms=3, color=cmap(i / max(1, len(keys) - 1)), label=str(key))
         if vline is not None:
-            v = r[_column(r, vline)].mean()
+            v = r[_col(vline)].mean()
             if v is not None:
                 ax.axvline(v, ls="--", color="grey", lw=1, label=f"{vline} ≈ {v:.2g}")
         if logx:

@@ -75,7 +75,7 @@ def evaluate(model: ProxyGPT, params: dict[str, torch.Tensor], batches: Batches,
     for x, y in batches.eval:
         with autocast(device, precision):
             logits = model.forward(params, x)
-        ce = loss_parts(logits, y).ce
+        ce = loss_parts(logits, y, diagnostics=False).ce
         total = ce if total is None else total + ce
     return total / len(batches.eval)
 
@@ -159,7 +159,7 @@ class GroupRun:
         rec = Recorder() if logged else None
         with autocast(self.device, self.precision):
             logits = self.model.forward(self.params, x, rec)
-        parts = loss_parts(logits, y)
+        parts = loss_parts(logits, y, diagnostics=logged)
         loss = total_loss(parts, self.z_coef)
         grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
         finite = torch.isfinite(parts.ce.detach()) & torch.isfinite(parts.z_sq.detach())
