@@ -1,112 +1,195 @@
-"""Throughput of the member axis (issue 2 §7): tokens/s measured in one run, printed, never asserted.
+"""Throughput of proxyscale against a plain PyTorch loop (issue 6 §1, §7): numbers measured in one run, printed as
+one table, never asserted.
 
-For each width: one member alone; a group of K=7; 7 single members one after another; each in fp32 and
-bf16; and the cost of diagnostics on every step (interleaved logged and unlogged steps of one group). Ratios are taken within this one run,
-since a shared machine is noisy across runs. Usage:
+For each shape (d, L, T, B, V): tokens/s (all members together), peak memory and, on a GPU, MFU of
+- proxyscale K=1 and the K=7 group (the paper's 7-point LR grid), in the precision and compile setting ``auto``
+  picks on this device;
+- the reference loop (benchmarks/reference.py) eager and ``torch.compile``d, in the same precision;
+and the ratios: K=1 ÷ compiled reference; the group ÷ 7 sequential K=1 runs (= group ÷ K=1 tokens/s, since seven
+runs one after another have the tokens/s of one); the group ÷ 7 sequential compiled-reference runs. Then the cost
+of diagnostics for the K=7 group at ``log_every`` 1 and 10 against an unlogged run.
 
-    python benchmarks/throughput.py [--widths 64 128] [--steps 8] [--device auto|cpu|cuda] [--threads N]
+Shapes: ``micro`` = widths 64/128/256 (depth 2/2/3), seq 128, batch 16, byte vocab; ``small`` = d256-L3, d512-L6,
+d1024-L12, seq 256, batch 64, vocab 8192. Random tokens. MFU = (6·(12·L·d² + d·V) + 6·L·d·T) FLOP/token ×
+tokens/s ÷ the bf16 matmul rate measured at the start (``--peak-tflops`` overrides it). Usage:
+
+    python benchmarks/throughput.py [--shapes micro small] [--device auto|cpu|cuda] [--steps N] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from proxyscale import config
-from proxyscale.data import load_data
-from proxyscale.train import GroupRun, resolve_device, resolve_precision
+sys.path.insert(0, str(Path(__file__).parent))
+from reference import ReferenceLoop  # noqa: E402
+
+from proxyscale import config  # noqa: E402
+from proxyscale.data import TokenData  # noqa: E402
+from proxyscale.device import is_out_of_memory, mfu, resolve_compile, resolve_device, resolve_precision  # noqa: E402
+from proxyscale.train import GroupRun  # noqa: E402
 
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+SHAPES = {  # (width, depth, seq, batch, vocab)
+    "micro": [(64, 2, 128, 16, 256), (128, 2, 128, 16, 256), (256, 3, 128, 16, 256)],
+    "small": [(256, 3, 256, 64, 8192), (512, 6, 256, 64, 8192), (1024, 12, 256, 64, 8192)],
+}
 
 
-def tokens_per_s(width: int, lrs: list[float], precision: str, log_every: int, steps: int, args, data) -> float:
-    """Mean tokens/s (all members together) over ``steps`` timed steps after 2 warm-up steps."""
-    raw = {"model": {"width": width, "depth": 2, "heads": width // 32, "vocab": "byte"},
-           "data": {"corpus": "kjv", "seq_len": 128, "batch_size": 16},
-           "train": {"steps": 1000, "log_every": log_every, "precision": precision, "device": args.device,
-                     "threads": args.threads},
-           "members": {"lr": lrs}}
-    run = GroupRun(config.from_dict(raw), "/nonexistent", data=data)
-    run.l0 = torch.full((len(lrs),), 1e9, device=run.device)
-    for s in range(2):
-        run.step(s)
-    if run.device.type == "cuda":
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed(device: torch.device, step, warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds per step, peak GiB) of ``step(i)`` after ``warmup`` untimed steps (compilation happens there)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup):
+        step(i)
+    sync(device)
     start = time.perf_counter()
-    for s in range(2, 2 + steps):
-        run.step(s)
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()
-    return run.tokens_per_step * steps / (time.perf_counter() - start)
+    for i in range(warmup, warmup + steps):
+        step(i)
+    sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return seconds, peak
 
 
-def diagnostics_overhead(width: int, steps: int, args, data, precision: str) -> float:
-    """Overhead of a logged step over an unlogged one, in %, from the medians of interleaved steps of one group
-    (log_every=2): robust to a shared machine's slow spells, unlike two separate whole runs."""
-    import statistics
+def proxyscale_case(shape, members: list[float], log_every: int, args, device) -> tuple[float, float, int]:
+    """(tokens/s, peak GiB, micro-batch) of a proxyscale group; ``log_every`` 0 = never logged after step 0."""
+    d, depth, seq, batch, vocab = shape
+    rng = np.random.default_rng(0)
+    data = TokenData(rng.integers(0, vocab, 1 << 20).astype(np.int64), rng.integers(0, vocab, 1 << 16).astype(np.int64),
+                     vocab, "random")
+    raw = {"model": {"width": d, "depth": depth, "heads": d // 64 if d >= 256 and vocab > 256 else d // 32,
+                     "vocab": f"bpe:{vocab}" if vocab > 256 else "byte"},
+           "data": {"seq_len": seq, "batch_size": batch},
+           "train": {"steps": 1 << 30, "log_every": log_every or (1 << 30), "device": args.device,
+                     "threads": args.threads, "compile": args.compile},
+           "members": {"lr": members}}
+    run = GroupRun(config.from_dict(raw), Path("/nonexistent"), data=data)
+    run.l0 = torch.full((len(members),), 1e9, device=run.device)
+    seconds, peak = timed(device, run.step, args.warmup, args.steps)
+    return run.tokens_per_step / seconds, peak, run.micro_batch
 
-    raw = {"model": {"width": width, "depth": 2, "heads": width // 32, "vocab": "byte"},
-           "data": {"corpus": "kjv", "seq_len": 128, "batch_size": 16},
-           "train": {"steps": 1000, "log_every": 2, "precision": precision, "device": args.device, "threads": args.threads},
-           "members": {"lr": LRS}}
-    run = GroupRun(config.from_dict(raw), "/nonexistent", data=data)
-    run.l0 = torch.full((len(LRS),), 1e9, device=run.device)
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for s in range(2 + 2 * steps):
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run.step(s)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        if s >= 2:
-            times[s % 2 == 0].append(time.perf_counter() - start)
-    return 100 * (statistics.median(times[True]) / statistics.median(times[False]) - 1)
+
+def reference_case(shape, compiled: bool, precision: str, args, device) -> tuple[float, float]:
+    d, depth, seq, batch, vocab = shape
+    heads = d // 64 if d >= 256 and vocab > 256 else d // 32
+    loop = ReferenceLoop(d, depth, heads, vocab, seq, device, precision, compiled)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device) for _ in range(4)]
+    seconds, peak = timed(device, lambda i: loop.step(batches[i % 4][:, :-1], batches[i % 4][:, 1:]),
+                          args.warmup, args.steps)
+    return batch * seq / seconds, peak
+
+
+def peak_tflops(device: torch.device) -> float:
+    """The measured bf16 matmul rate of this device (TFLOP/s), the denominator of MFU."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20 if device.type == "cuda" else 3
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def guard(fn, *a):
+    try:
+        return fn(*a)
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        return None
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--widths", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is kept")
+    ap.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES),
+                    help="default: micro on a CPU, micro and small on a GPU")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20 on a GPU, 4 on a CPU)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="proxyscale's train.compile")
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--no-diagnostics", action="store_true", help="skip the log_every 1/10 measurement")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    default = resolve_precision("auto", device)
-    data = load_data(config.DataConfig(corpus="kjv", seq_len=128, batch_size=16), "byte")
-    print(f"device {device}, torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, "
-          f"default precision here: {default}; depth 2, seq 128, batch 16, byte vocab, K=7; "
-          f"best of {args.repeats} interleaved repeats of {args.steps} steps")
-    print(f"{'width':>5} {'precision':>9} {'alone':>9} {'group K=7':>10} {'7 in a row':>10} {'batching':>9}")
-    for width in args.widths:
-        best: dict[tuple[str, str], float] = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = device.type == "cuda"
+    args.steps = args.steps or (20 if gpu else 4)
+    shapes = args.shapes or (["micro", "small"] if gpu else ["micro"])
+    precision = resolve_precision("auto", device)
+    compiled = resolve_compile(args.compile, device)
+    peak = args.peak_tflops or (peak_tflops(device) if gpu else None)
+    name = torch.cuda.get_device_name(device) if gpu else "CPU"
+    print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, precision {precision}, "
+          f"proxyscale compile {'on' if compiled else 'off'}, {args.steps} timed steps after {args.warmup}"
+          + (f", measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""), flush=True)
+    head = ("| shape (d, L, T, B, V) | proxyscale K=1 | K=7 group | reference eager | reference compiled "
+            "| K=1 ÷ ref. compiled | group ÷ 7 seq. K=1 | group ÷ 7 seq. ref. compiled | micro-batch K=7 |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    diag_rows = []
 
-        def keep(key: tuple[str, str], value: float) -> None:
-            best[key] = max(best.get(key, 0.0), value)
+    def cell(result, shape) -> str:
+        if result is None:
+            return "out of memory"
+        tps, mem = result[0], result[1]
+        text = f"{tps:,.0f}"
+        if gpu:
+            text += f" ({mem:.1f} GiB"
+            if peak:
+                text += f", MFU {100 * mfu(tps, shape[0], shape[1], shape[2], shape[4], peak * 1e12):.1f}%"
+            text += ")"
+        return text
 
-        for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every variant
-            for precision in args.precisions:
-                steps = args.steps if precision == "fp32" or default == "bf16" else max(2, args.steps // 4)
-                keep((precision, "alone"), tokens_per_s(width, LRS[3:4], precision, 100, steps, args, data))
-                keep((precision, "group"), tokens_per_s(width, LRS, precision, 100, steps, args, data))
-                # 7 single runs one after another: total tokens over total time
-                t = [1.0 / tokens_per_s(width, [lr], precision, 100, steps, args, data) for lr in LRS]
-                keep((precision, "seq"), len(LRS) / sum(t))
+    for family in shapes:
+        for shape in SHAPES[family]:
+            k1 = guard(proxyscale_case, shape, LRS[3:4], 0, args, device)
+            k7 = guard(proxyscale_case, shape, LRS, 0, args, device)
+            ref_e = guard(reference_case, shape, False, precision, args, device)
+            ref_c = guard(reference_case, shape, True, precision, args, device)
 
-        for precision in args.precisions:
-            print(f"{width:>5} {precision:>9} {best[precision, 'alone']:>9,.0f} {best[precision, 'group']:>10,.0f} "
-                  f"{best[precision, 'seq']:>10,.0f} {best[precision, 'group'] / best[precision, 'seq']:>8.2f}x")
-        if "fp32" in args.precisions and default in args.precisions:
-            print(f"      width {width}: group in default precision ({default}) vs 7 sequential fp32 runs: "
-                  f"{best[default, 'group'] / best['fp32', 'seq']:.2f}x (target 2.5x); batching alone ({default}): "
-                  f"{best[default, 'group'] / best[default, 'seq']:.2f}x (target 1.4x)")
-        overhead = diagnostics_overhead(width, 2 * args.steps, args, data, default)
-        print(f"      width {width}: diagnostics on every step cost {overhead:.1f}% per step (medians of interleaved "
-              f"logged/unlogged steps; target <= 10%)")
+            def ratio(a, b) -> str:
+                return f"{a[0] / b[0]:.2f}x" if a and b else "–"
+
+            rows.append(f"| {', '.join(map(str, shape))} | {cell(k1, shape)} | {cell(k7, shape)} | {cell(ref_e, shape)} "
+                        f"| {cell(ref_c, shape)} | {ratio(k1, ref_c)} | {ratio(k7, k1)} | {ratio(k7, ref_c)} "
+                        f"| {k7[2] if k7 else '–'} |")
+            print(rows[-1], flush=True)
+            if not args.no_diagnostics and k7 is not None and (family == "micro" or shape[0] == 512):
+                every1 = guard(proxyscale_case, shape, LRS, 1, args, device)
+                every10 = guard(proxyscale_case, shape, LRS, 10, args, device)
+                if every1 and every10:
+                    diag_rows.append(f"| {', '.join(map(str, shape))} | {100 * (k7[0] / every10[0] - 1):+.1f}% "
+                                     f"| {100 * (k7[0] / every1[0] - 1):+.1f}% |")
+                    print(diag_rows[-1], flush=True)
+    print()
+    print("\n".join(rows))
+    if diag_rows:
+        print("\nCost of diagnostics, K=7 group (time per step vs an unlogged run):\n")
+        print("| shape (d, L, T, B, V) | log_every 10 | log_every 1 |\n|---|---|---|")
+        print("\n".join(diag_rows))
 
 
 if __name__ == "__main__":

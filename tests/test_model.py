@@ -49,7 +49,7 @@ def test_causal(variant):
     x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     y = x.clone()
     y[:, 9] = (y[:, 9] + 1) % 256
-    a, b = model.forward(params, x), model.forward(params, y)
+    a, b = model.forward(params, x)[0], model.forward(params, y)[0]
     assert torch.allclose(a[:, :, :9], b[:, :, :9], atol=0, rtol=0)  # positions before 9 cannot see it
     assert not torch.allclose(a[:, :, 9:], b[:, :, 9:])
 
@@ -65,10 +65,7 @@ def test_mup_multipliers_and_zero_queries():
 
 
 def test_kappa_transplant_pins_the_logit_scale():
-    from proxyscale.model import Recorder
-
     cfg = ModelConfig(width=32, depth=1, heads=2, kappa=50.0)
     model = ProxyGPT(cfg, 256, 16, torch.device("cpu"))
-    rec = Recorder()
-    model.forward(init_params(cfg, 256, [0]), torch.randint(0, 256, (2, 16)), rec)
-    assert 5.0 < rec.attn_logit_max[0].item() <= 50.0 + 1e-3  # κ·cos, at most κ
+    _, stats = model.forward(init_params(cfg, 256, [0]), torch.randint(0, 256, (2, 16)), record=True)
+    assert 5.0 < stats["attn_logit_max"][0, 0].item() <= 50.0 + 1e-3  # κ·cos, at most κ

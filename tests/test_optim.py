@@ -44,7 +44,7 @@ def test_one_adamw_step_both_decay_modes_against_hand_computation(independent):
     members = [member(lr=0.1, weight_decay=lam, independent_weight_decay=independent),
                member(lr=0.3, weight_decay=lam, independent_weight_decay=independent)]
     opt = BatchedAdamW(fp, specs, members, OptimConfig(), total_steps=10)
-    stats = opt.step({"w": g.clone()}, torch.ones(2, dtype=torch.bool))
+    stats = opt.step(g.clone(), torch.ones(2, dtype=torch.bool))
     for k, m in enumerate(members):
         gk = g[k].double()
         norm = gk.norm().item()
@@ -68,7 +68,7 @@ def test_frozen_member_is_untouched_and_nan_grad_freezes():
     opt = BatchedAdamW(fp, {"w": ParamSpec((4,), "trunc", 1.0)}, [member(), member(), member()], OptimConfig(), 10)
     g = torch.full((3, 4), 0.5)
     g[2, 0] = float("nan")
-    stats = opt.step({"w": g}, torch.tensor([True, False, True]))
+    stats = opt.step(g, torch.tensor([True, False, True]))
     assert stats["applied"].tolist() == [True, False, False]
     assert torch.equal(fp.flat[1:], torch.ones(2, 4))
     assert torch.equal(opt.m[1:], torch.zeros(2, 4)) and torch.equal(opt.v[1:], torch.zeros(2, 4))
@@ -82,6 +82,6 @@ def test_mup_multiplier_and_rms_scaled_lr():
         fp = FlatParams({"w": w0.clone()})
         cfg = OptimConfig(rms_scaled_lr=rms_scaled)
         opt = BatchedAdamW(fp, {"w": ParamSpec((4,), "trunc", 1.0, lr_mult=mult)}, [member(warmup=0)], cfg, 10)
-        opt.step({"w": g.clone()}, torch.ones(1, dtype=torch.bool))
+        opt.step(g.clone(), torch.ones(1, dtype=torch.bool))
         step = (2.0 - fp.flat[0, 0]).item()
         assert step == pytest.approx(0.1 * expect_scale, rel=1e-5)  # Δ = 1 for a constant gradient

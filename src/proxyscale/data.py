@@ -234,18 +234,29 @@ def _bin_data(path: Path, train_bin: Path, cfg: DataConfig, vocab: str) -> Token
 
 class Batches:
     """Random windows from a seeded generator: batch ``step`` is a pure function of (seed, step), so every
-    member sees the same batches and a resumed run sees the same stream."""
+    member sees the same batches and a resumed run sees the same stream. The next step's batch is prepared
+    ahead; on a GPU it is copied from pinned memory without blocking, while the current step runs."""
 
     def __init__(self, data: TokenData, cfg: DataConfig, seed: int, device: torch.device) -> None:
         self.data, self.cfg, self.seed, self.device = data, cfg, seed, device
         self.offsets = np.arange(cfg.seq_len + 1)
-        self.eval = [self._windows(data.val, EVAL_SEED + i) for i in range(cfg.eval_batches)]
+        self.eval = [self._split(self._windows(data.val, EVAL_SEED + i)) for i in range(cfg.eval_batches)]
+        self._ahead: tuple[int, torch.Tensor] | None = None
 
-    def _windows(self, tokens: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _windows(self, tokens: np.ndarray, seed: int) -> torch.Tensor:
         gen = np.random.default_rng(seed)
         starts = gen.integers(0, len(tokens) - self.cfg.seq_len - 1, size=self.cfg.batch_size)
-        xy = torch.from_numpy(tokens[starts[:, None] + self.offsets].astype(np.int64)).to(self.device)
+        xy = torch.from_numpy(tokens[starts[:, None] + self.offsets].astype(np.int64))  # [B, T + 1]
+        if self.device.type == "cuda":
+            return xy.pin_memory().to(self.device, non_blocking=True)
+        return xy.to(self.device)
+
+    @staticmethod
+    def _split(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return xy[:, :-1], xy[:, 1:]  # inputs [B, T], targets [B, T]
 
     def train(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._windows(self.data.train, (self.seed << 32) + step)
+        xy = self._ahead[1] if self._ahead is not None and self._ahead[0] == step else \
+            self._windows(self.data.train, (self.seed << 32) + step)
+        self._ahead = (step + 1, self._windows(self.data.train, (self.seed << 32) + step + 1))
+        return self._split(xy)

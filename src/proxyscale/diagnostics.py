@@ -11,28 +11,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from .losses import LossParts
-from .model import Recorder
-
-
-def step_columns(parts: LossParts, z_coef: torch.Tensor, rec: Recorder | None,
-                 opt_stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-member diagnostics of one step, each [K]."""
-    cols = {
-        "loss": parts.ce.detach(),  # cross-entropy alone
-        "z_loss": (z_coef * parts.z_sq).detach(),  # the z-loss term added to the objective
-        "output_logit_mean": parts.logit_mean,
-        "log_z_mean": parts.log_z,
-    }
-    cols.update(opt_stats)
-    if rec is not None:
-        for i, (mx, qn, kn, br) in enumerate(zip(rec.attn_logit_max, rec.q_norm, rec.k_norm, rec.block_rms)):
-            cols[f"attn_logit_max/{i}"] = mx
-            cols[f"q_norm/{i}"] = qn
-            cols[f"k_norm/{i}"] = kn
-            cols[f"block_rms/{i}"] = br
-    return cols
-
 
 class MetricsLog:
     """Collects per-step columns as float arrays [K]; rows become a polars frame at the end."""
@@ -41,7 +19,8 @@ class MetricsLog:
         self.members = members
         self.rows: list[tuple[int, dict[str, np.ndarray]]] = []
 
-    def add(self, step: int, cols: dict[str, torch.Tensor | np.ndarray | float]) -> None:
+    def add(self, step: int, cols: dict[str, torch.Tensor | np.ndarray | float]) -> dict[str, np.ndarray]:
+        """Record ``cols`` (each [K] or a scalar) at ``step``; returns them as host arrays."""
         k = self.members
         # one device-to-host copy for the whole step: stack every column into [C, K]
         device = next((v.device for v in cols.values() if isinstance(v, torch.Tensor)), None)
@@ -51,6 +30,7 @@ class MetricsLog:
             self.rows[-1][1].update(out)
         else:
             self.rows.append((step, out))
+        return out
 
     def truncate(self, step: int) -> None:
         """Drop rows at or after ``step`` (used when resuming from a checkpoint)."""

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .device import logit_chunk
 
 NORM_EPS = 1e-6  # paper §3.1: LayerNorm epsilon 1e-6
 TRUNC_STD_FACTOR = 0.8796256610342398  # std of a N(0,1) truncated at ±2; divide by it for the effective std
@@ -130,14 +132,10 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos[:, None, :] + rot * sin[:, None, :]
 
 
-class Recorder:
-    """Per-member diagnostics gathered during one forward pass (filled only when asked for)."""
-
-    def __init__(self) -> None:
-        self.attn_logit_max: list[torch.Tensor] = []  # per layer, [K]
-        self.q_norm: list[torch.Tensor] = []  # per layer, [K] mean ||q|| over B, T, H
-        self.k_norm: list[torch.Tensor] = []
-        self.block_rms: list[torch.Tensor] = []  # per layer, [K] RMS of the residual stream after the block
+STATS = ("attn_logit_max", "q_norm", "k_norm", "block_rms")
+"""Per-layer diagnostics the forward pass records when asked (paper §3): each a ``[L, K]`` tensor — the max
+pre-softmax logit over heads, causal positions and batch; the mean query and key norms over B, T, H; the RMS of
+the residual stream after the block."""
 
 
 class ProxyGPT:
@@ -152,6 +150,7 @@ class ProxyGPT:
         # κ transplant: logits = <q,k>/Dh with RMS(q) = RMS(k) = sqrt(κ), so max logit = κ (inferred).
         self.scale = 1.0 / self.head_dim if (linear_scale or cfg.kappa is not None) else 1.0 / math.sqrt(self.head_dim)
         self.cos, self.sin = rope_tables(seq_len, self.head_dim, cfg.rope_base, device)
+        self.checkpoint_blocks = False  # activation checkpointing (train.activation_checkpointing)
 
     def _causal_bias(self, t: int, device: torch.device) -> torch.Tensor:
         """[T, T] float32: 0 on and below the diagonal, -inf above (cached)."""
@@ -171,58 +170,81 @@ class ProxyGPT:
         return weights @ v
 
     @torch.no_grad()
-    def _record_attention(self, rec: Recorder, q: torch.Tensor, k: torch.Tensor, members: int) -> None:
-        """Max pre-softmax logit over heads, causal positions and batch; mean q/k norms. q, k [K·B, H, T, Dh]."""
+    def _attention_stats(self, q: torch.Tensor, k: torch.Tensor, members: int) -> tuple[torch.Tensor, ...]:
+        """Max pre-softmax logit over heads, causal positions and batch; mean q/k norms; each [K].
+        q, k [K·B, H, T, Dh]. The fused attention kernel never shows its logits, so this is a second QKᵀ on
+        logged steps only, in chunks of sequences (``device.logit_chunk``) so the [chunk, H, T, T] logits stay
+        small."""
         n, h, t, _ = q.shape
         bias = self._causal_bias(t, q.device)
-        # in chunks of sequences whose [chunk, H, T, T] logits stay cache-sized (~1M floats), not all K·B at once
-        chunk = max(1, min(n // members, (1 << 20) // (h * t * t)))
+        chunk = max(1, min(n, logit_chunk(q.device, h * t * t)))
         maxima = []
         for i in range(0, n, chunk):
             logits = torch.matmul(q[i:i + chunk].float(), k[i:i + chunk].float().transpose(-1, -2))  # float32: exact
             logits.mul_(self.scale).add_(bias)  # in place: -inf above the diagonal
             maxima.append(logits.flatten(1).amax(dim=1))  # per sequence
-        rec.attn_logit_max.append(torch.cat(maxima).view(members, -1).amax(dim=1))
-        rec.q_norm.append(torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
-        rec.k_norm.append(torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
+        return (torch.cat(maxima).view(members, -1).amax(dim=1),
+                torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1),
+                torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
 
-    def forward(self, params: dict[str, torch.Tensor], tokens: torch.Tensor, rec: Recorder | None = None) -> torch.Tensor:
-        """tokens [B, T] (shared by all members) -> logits [K, B, T, V]."""
+    def forward(self, params: dict[str, torch.Tensor], tokens: torch.Tensor,
+                record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """tokens [B, T] (shared by all members) -> logits [K, B, T, V] and, when ``record``, the per-layer
+        diagnostics ``{name: [L, K]}`` (``STATS``).
+
+        Activations run in the dtype of the weights (bf16 or float32, chosen by ``device.StepWeights``);
+        LayerNorm keeps float32 statistics internally. The embedding is looked up in the float32 master
+        table and only the looked-up rows are cast."""
+        dtype = params["ln_f"].dtype  # the compute dtype
+        T = tokens.shape[1]
+        x = params["embed"][:, tokens].to(dtype)  # [K, B, T, D]
+        cos, sin = self.cos[:T].to(dtype), self.sin[:T].to(dtype)
+        stats: list[tuple[torch.Tensor, ...]] = []
+        for i in range(self.cfg.depth):
+            if self.checkpoint_blocks and torch.is_grad_enabled():  # device seam: trade compute for memory
+                x, layer_stats = checkpoint(self.block, params, i, x, cos, sin, record, use_reentrant=False)
+            else:
+                x, layer_stats = self.block(params, i, x, cos, sin, record)
+            stats.append(layer_stats)
+        x = _norm(x, params["ln_f"], self.cfg.norm)
+        # tied: the output layer is the embedding, here in the compute dtype like every other matmul weight
+        unembed = params["embed"].to(dtype).transpose(1, 2) if self.cfg.tied_embeddings else params["unembed"]  # [K, D, V]
+        logits = _linear(x, unembed)
+        if not record:
+            return logits, None
+        return logits, {name: torch.stack(values) for name, values in zip(STATS, zip(*stats))}
+
+    def block(self, params: dict[str, torch.Tensor], i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              record: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Transformer block i (pre-LayerNorm): x [K, B, T, D] -> x, and its ``STATS`` ([K] each) when ``record``."""
         cfg = self.cfg
-        embed = params["embed"]  # [K, V, D]
-        K = embed.shape[0]
-        B, T = tokens.shape
+        K, B, T, _ = x.shape
         H, Dh = cfg.heads, self.head_dim
-        x = embed[:, tokens]  # [K, B, T, D]
-        cos, sin = self.cos[:T], self.sin[:T]
-        for i in range(cfg.depth):
-            p = f"layers.{i}."
-            h = _norm(x, params[p + "ln1"], cfg.norm)
-            q = _linear(h, params[p + "wq"]).view(K, B, T, H, Dh)
-            k = _linear(h, params[p + "wk"]).view(K, B, T, H, Dh)
-            v = _linear(h, params[p + "wv"]).view(K, B, T, H, Dh)
-            if cfg.qk_layernorm == "head":  # one scale [Dh] shared by the heads (paper §3.1.2)
-                q = _norm(q, params[p + "q_norm"], "layernorm")
-                k = _norm(k, params[p + "k_norm"], "layernorm")
-            elif cfg.qk_layernorm == "width":  # over the whole width (Appendix E.8)
-                q = _norm(q.view(K, B, T, H * Dh), params[p + "q_norm"], "layernorm").view(K, B, T, H, Dh)
-                k = _norm(k.view(K, B, T, H * Dh), params[p + "k_norm"], "layernorm").view(K, B, T, H, Dh)
-            if self.kappa is not None:  # κ transplant (paper §3.1.2): RMS over the head dim pinned to sqrt(κ)
-                q = math.sqrt(self.kappa) * q * torch.rsqrt(q.float().square().mean(-1, keepdim=True) + 1e-12).to(q.dtype)
-                k = math.sqrt(self.kappa) * k * torch.rsqrt(k.float().square().mean(-1, keepdim=True) + 1e-12).to(k.dtype)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            # [K, B, T, H, Dh] -> [K·B, H, T, Dh]
-            q, k, v = (z.permute(0, 1, 3, 2, 4).reshape(K * B, H, T, Dh) for z in (q, k, v))
-            if rec is not None:
-                self._record_attention(rec, q, k, K)
-            a = self._attention(q, k, v).view(K, B, H, T, Dh).permute(0, 1, 3, 2, 4).reshape(K, B, T, H * Dh)
-            x = x + _linear(a, params[p + "wo"])
-            h = _norm(x, params[p + "ln2"], cfg.norm)
-            x = x + _linear(F.gelu(_linear(h, params[p + "w1"])), params[p + "w2"])
-            if rec is not None:
-                with torch.no_grad():
-                    flat = x.reshape(K, -1)
-                    rec.block_rms.append(torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32) / flat.shape[1] ** 0.5)
-        x = _norm(x, params["ln_f"], cfg.norm)
-        unembed = params["embed"].transpose(1, 2) if cfg.tied_embeddings else params["unembed"]  # [K, D, V]
-        return _linear(x, unembed)
+        p = f"layers.{i}."
+        h = _norm(x, params[p + "ln1"], cfg.norm)
+        q = _linear(h, params[p + "wq"]).view(K, B, T, H, Dh)
+        k = _linear(h, params[p + "wk"]).view(K, B, T, H, Dh)
+        v = _linear(h, params[p + "wv"]).view(K, B, T, H, Dh)
+        if cfg.qk_layernorm == "head":  # one scale [Dh] shared by the heads (paper §3.1.2)
+            q = _norm(q, params[p + "q_norm"], "layernorm")
+            k = _norm(k, params[p + "k_norm"], "layernorm")
+        elif cfg.qk_layernorm == "width":  # over the whole width (Appendix E.8)
+            q = _norm(q.view(K, B, T, H * Dh), params[p + "q_norm"], "layernorm").view(K, B, T, H, Dh)
+            k = _norm(k.view(K, B, T, H * Dh), params[p + "k_norm"], "layernorm").view(K, B, T, H, Dh)
+        if self.kappa is not None:  # κ transplant (paper §3.1.2): RMS over the head dim pinned to sqrt(κ)
+            q = math.sqrt(self.kappa) * q * torch.rsqrt(q.float().square().mean(-1, keepdim=True) + 1e-12).to(q.dtype)
+            k = math.sqrt(self.kappa) * k * torch.rsqrt(k.float().square().mean(-1, keepdim=True) + 1e-12).to(k.dtype)
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        # [K, B, T, H, Dh] -> [K·B, H, T, Dh]
+        q, k, v = (z.permute(0, 1, 3, 2, 4).reshape(K * B, H, T, Dh) for z in (q, k, v))
+        attn_stats = self._attention_stats(q, k, K) if record else ()
+        a = self._attention(q, k, v).view(K, B, H, T, Dh).permute(0, 1, 3, 2, 4).reshape(K, B, T, H * Dh)
+        x = x + _linear(a, params[p + "wo"])
+        h = _norm(x, params[p + "ln2"], cfg.norm)
+        x = x + _linear(F.gelu(_linear(h, params[p + "w1"])), params[p + "w2"])
+        if not record:
+            return x, ()
+        with torch.no_grad():
+            flat = x.reshape(K, -1)
+            block_rms = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32) / flat.shape[1] ** 0.5
+        return x, (*attn_stats, block_rms)

@@ -13,6 +13,7 @@ import math
 import torch
 
 from .config import Member, OptimConfig
+from .device import compile_fn
 from .model import ParamSpec
 
 
@@ -40,7 +41,7 @@ class FlatParams:
         self.flat = torch.cat([t.reshape(t.shape[0], -1) for t in tensors.values()], dim=1).contiguous()
         device = self.flat.device
         self.sizes = torch.tensor(sizes, device=device)  # [n_tensors] elements per member
-        self._segment = torch.repeat_interleave(torch.arange(len(sizes), device=device), self.sizes)  # [P] tensor id
+        self._views: dict[tuple, list[torch.Tensor]] = {}  # per-member, per-tensor views of persistent buffers
         K = self.flat.shape[0]
         self.params = {n: self.flat[:, self.slices[n]].view(K, *self.shapes[n]).detach().requires_grad_(True)
                        for n in self.names}
@@ -50,29 +51,66 @@ class FlatParams:
         return torch.cat([torch.full((self.slices[n].stop - self.slices[n].start,), float(per_tensor[n]))
                           for n in self.names]).to(self.flat.device).unsqueeze(0)
 
-    def flatten(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-tensor gradients -> ``[K, P]`` in the buffer's layout."""
-        return torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in self.names], dim=1)
-
     def per_tensor(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-member, per-tensor RMS of a ``[K, P]`` tensor: ``{name: [K]}``.
-        One segmented sum over the buffer (index_add_) instead of a reduction per tensor."""
-        sums = torch.zeros(x.shape[0], len(self.names), device=x.device).index_add_(1, self._segment, x.square())
-        return dict(zip(self.names, (sums / self.sizes).sqrt_().unbind(1)))
+        """Per-member, per-tensor RMS of a ``[K, P]`` tensor: ``{name: [K]}``. One foreach norm over the
+        per-member, per-tensor views (a handful of multi-tensor kernels on a GPU, no atomics)."""
+        K = x.shape[0]
+        key = (x.data_ptr(), tuple(x.shape))
+        views = self._views.get(key)
+        if views is None:  # the views of a persistent buffer (g, Δ, the weights) are made once, then reused
+            views = [x[k, self.slices[n]] for k in range(K) for n in self.names]
+            if len(self._views) < 8:
+                self._views[key] = views
+        norms = torch.stack(torch._foreach_norm(views)).view(K, len(self.names)).float()
+        return dict(zip(self.names, (norms / self.sizes.sqrt()).unbind(1)))
+
+
+def lr_at(t: torch.Tensor, peak: torch.Tensor, warmup: torch.Tensor, total: int, min_lr: float) -> torch.Tensor:
+    """``lr_schedule`` on the device: t a float64 0-d tensor (0-based step), peak and warmup ``[K, 1]`` float64
+    -> per-member LR ``[K, 1]`` float32, with no host round-trip."""
+    warm = peak * (t + 1) / warmup.clamp(min=1)
+    progress = ((t - warmup) / (total - warmup).clamp(min=1)).clamp(0.0, 1.0)
+    cosine = min_lr + (peak - min_lr) * 0.5 * (1.0 + torch.cos(math.pi * progress))
+    return torch.where(t < warmup, warm, cosine).float()
+
+
+def adamw_update(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, d: torch.Tensor,
+                 keep: torch.Tensor, clip_coef: torch.Tensor, step_lr: torch.Tensor, decay: torch.Tensor,
+                 beta1: float, beta2: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
+                 lr_mult: torch.Tensor | None) -> torch.Tensor:
+    """One masked AdamW update of ``[K, P]`` buffers, in place; returns the Adam direction Δ (in ``d``).
+
+    ``keep [K, 1]`` is 1 for a member that updates and 0 for a frozen one: a frozen member's gradient is
+    zeroed and its moment and weight updates are multiplied by 0, which leaves p, m and v bit-identical without
+    a clone/restore or a host decision. ``clip_coef``, ``step_lr`` (s_t·η), ``decay`` (the decay factor),
+    ``beta2``, ``eps`` are ``[K, 1]``; ``lr_mult`` is ``[1, P]`` (μParam) or None."""
+    g.mul_(clip_coef * keep).nan_to_num_(0.0, 0.0, 0.0)  # clip (paper §3.1); a frozen member's NaN gradient -> 0
+    torch.sub(g, m, out=d)
+    m.addcmul_(d, (1.0 - beta1) * keep)  # m ← β1·m + (1 − β1)·g
+    torch.sub(g.square_(), v, out=d)
+    v.addcmul_(d, (1.0 - beta2) * keep)  # v ← β2·v + (1 − β2)·g²
+    torch.div(v, 1.0 - beta2**t, out=d).sqrt_().add_(eps)
+    torch.div(m, d, out=d).div_(1.0 - beta1**t)  # Adam direction Δ = m̂ / (sqrt(v̂) + ε)
+    p.addcmul_(p, decay * keep, value=-1.0)  # θ ← θ − decay·θ, from the old θ (paper §3.2.2)
+    lr = step_lr * keep
+    p.sub_(d * lr if lr_mult is None else d * lr * lr_mult)
+    return d
 
 
 class BatchedAdamW:
-    """AdamW for K members at once. ``step`` applies one update to the members marked active."""
+    """AdamW for K members at once, on the device: the schedule, clipping, masking of frozen members and the
+    update never wait for the host. ``step`` applies one update to the members marked active."""
 
     def __init__(self, fp: FlatParams, specs: dict[str, ParamSpec], members: list[Member], cfg: OptimConfig,
-                 total_steps: int) -> None:
+                 total_steps: int, compile: bool = False) -> None:
         device = fp.flat.device
 
         def col(values: list[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device).unsqueeze(1)  # [K, 1]
 
         self.fp, self.cfg, self.members, self.total_steps = fp, cfg, members, total_steps
-        self.peak = col([m.lr for m in members])
+        self.peak = col([m.lr for m in members], torch.float64)
+        self.warmup = col([m.warmup for m in members], torch.float64)
         self.wd = col([m.weight_decay for m in members])
         self.independent = col([m.independent_weight_decay for m in members], torch.bool)
         self.eps = col([m.eps for m in members])
@@ -82,67 +120,58 @@ class BatchedAdamW:
         self.decay_mask = fp.row({n: float(specs[n].decay) for n in fp.names})  # norm scales are not decayed
         self.m = torch.zeros_like(fp.flat)
         self.v = torch.zeros_like(fp.flat)
-        self._g, self._d = torch.empty_like(fp.flat), torch.empty_like(fp.flat)  # scratch [K, P]
-        self.t = 0  # optimizer steps taken
+        self.g = torch.empty_like(fp.flat)  # the gradient [K, P], filled by the step (device.StepWeights)
+        self._d = torch.empty_like(fp.flat)  # scratch [K, P]
+        self.t = torch.zeros((), dtype=torch.float64, device=device)  # optimizer steps taken, on the device
+        self._update = compile_fn(adamw_update, compile)
 
-    def lr_at(self, step: int) -> torch.Tensor:
-        """Per-member LR ``[K, 1]`` at optimizer step ``step`` (0-based)."""
-        values = [lr_schedule(step, m.lr, m.warmup, self.total_steps, self.cfg.min_lr) for m in self.members]
-        return torch.tensor(values, dtype=torch.float32, device=self.peak.device).unsqueeze(1)
+    def lr_at(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-member LR ``[K, 1]`` at optimizer step ``t`` (0-based, a 0-d tensor)."""
+        return lr_at(t, self.peak, self.warmup, self.total_steps, self.cfg.min_lr)
 
     def state_dict(self) -> dict:
-        return {"m": self.m, "v": self.v, "t": self.t}
+        return {"m": self.m, "v": self.v, "t": int(self.t)}
 
     def load_state_dict(self, state: dict) -> None:
         self.m.copy_(state["m"])
         self.v.copy_(state["v"])
-        self.t = int(state["t"])
+        self.t.fill_(int(state["t"]))
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], active: torch.Tensor, want_stats: bool = False) -> dict[str, torch.Tensor]:
-        """One AdamW step on ``fp.flat``. ``active`` [K] bool: frozen members keep weights and moments as they are;
-        so does a member whose gradient is not finite.
+    def step(self, g: torch.Tensor, active: torch.Tensor, want_stats: bool = False) -> dict[str, torch.Tensor]:
+        """One AdamW step on ``fp.flat`` from the gradient ``g [K, P]`` (consumed). ``active`` [K] bool: frozen
+        members keep weights and moments bit for bit; so does a member whose gradient is not finite.
 
         Returns ``grad_norm`` [K] (before clipping), ``lr`` [K], ``applied`` [K] and, when ``want_stats``, per
         tensor ``grad_rms/<name>`` (before clipping), ``update_rms/<name>`` (RMS of the Adam direction Δ, i.e.
-        the update divided by the LR) and ``param_rms/<name>``, each [K].
-
-        The arithmetic is in place on preallocated ``[K, P]`` buffers (fresh large tensors cost 3-5x on a CPU);
-        a frozen member's rows are computed like the others' and then restored, so the arithmetic of the
-        active members is the same whether or not another member is frozen.
+        the update divided by the LR) and ``param_rms/<name>``, each [K]. Nothing here waits for the device.
         """
         c, fp = self.cfg, self.fp
-        p, m, v = fp.flat, self.m, self.v
-        g = torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in fp.names], dim=1, out=self._g)  # [K, P]
         grad_norm = torch.linalg.vector_norm(g, dim=1)  # global norm per member, before clipping (paper §3.1)
-        active = active & torch.isfinite(grad_norm)
-        all_active = bool(active.all())
-        stats = {"grad_norm": grad_norm, "applied": active}
+        applied = active & torch.isfinite(grad_norm)
+        stats = {"grad_norm": grad_norm, "applied": applied}
         if want_stats:
             stats.update({f"grad_rms/{n}": r for n, r in fp.per_tensor(g).items()})  # before clipping
-        if not all_active:
-            frozen = ~active
-            saved = (p[frozen].clone(), m[frozen].clone(), v[frozen].clone())
         lr_t = self.lr_at(self.t)  # [K, 1] = s_t · η
-        s_t = lr_t / self.peak  # schedule multiplier in [0, 1]
+        s_t = lr_t / self.peak.float()  # schedule multiplier in [0, 1]
         self.t += 1
-        g.mul_((c.clip / (grad_norm + 1e-6)).clamp(max=1.0).unsqueeze(1))
-        m.lerp_(g, 1.0 - c.beta1)  # m ← β1·m + (1 − β1)·g
-        v.mul_(self.beta2).add_(g.square_().mul_(1.0 - self.beta2))  # v ← β2·v + (1 − β2)·g²  (g is spent)
-        delta = torch.div(v, 1.0 - self.beta2**self.t, out=self._d).sqrt_().add_(self.eps)
-        delta = torch.div(m, delta, out=delta).div_(1.0 - c.beta1**self.t)  # Adam direction Δ
+        step_lr = lr_t
+        if c.rms_scaled_lr:  # Appendix E.14: each tensor's LR × max(RMS(p), 1e-3)
+            rms = torch.stack(list(fp.per_tensor(fp.flat).values()), dim=1)  # [K, n_tensors]
+            step_lr = lr_t * rms.clamp(min=1e-3).repeat_interleave(fp.sizes, dim=1)
+        lr_mult = self.lr_mult
+        # independent: θ −= s·λ·θ ; coupled: θ −= s·η·λ·θ (paper §3.2.2), with η the tensor's LR
+        if lr_mult is None and not c.rms_scaled_lr:
+            decay = torch.where(self.independent, s_t * self.wd, lr_t * self.wd) * self.decay_mask
+        else:
+            eff = step_lr if lr_mult is None else step_lr * lr_mult
+            decay = torch.where(self.independent, s_t * self.wd, eff * self.wd) * self.decay_mask
+        clip_coef = (c.clip / (grad_norm + 1e-6)).clamp(max=1.0).unsqueeze(1)
+        keep = applied.float().unsqueeze(1)
+        delta = self._update(fp.flat, self.m, self.v, g, self._d, keep, clip_coef, step_lr, decay,
+                             c.beta1, self.beta2, self.eps, self.t.float(), lr_mult)
         if want_stats:
             stats.update({f"update_rms/{n}": r for n, r in fp.per_tensor(delta).items()})
-        step_lr = lr_t if self.lr_mult is None else lr_t * self.lr_mult  # [K, 1] or [K, P]
-        if c.rms_scaled_lr:  # Appendix E.14: each tensor's LR × max(RMS(p), 1e-3)
-            rms = torch.stack(list(fp.per_tensor(p).values()), dim=1)  # [K, n_tensors]
-            step_lr = step_lr * rms.clamp(min=1e-3).repeat_interleave(fp.sizes, dim=1)
-        # independent: θ −= s·λ·θ ; coupled: θ −= s·η·λ·θ (paper §3.2.2); decay from the old θ, then Δ
-        decay = torch.where(self.independent, s_t * self.wd, step_lr * self.wd) * self.decay_mask
-        p.mul_(1.0 - decay).sub_(delta.mul_(step_lr))
-        if not all_active:
-            p[frozen], m[frozen], v[frozen] = saved
+            stats.update({f"param_rms/{n}": r for n, r in fp.per_tensor(fp.flat).items()})
         stats["lr"] = lr_t.squeeze(1)
-        if want_stats:
-            stats.update({f"param_rms/{n}": r for n, r in fp.per_tensor(p).items()})
         return stats

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -17,44 +16,12 @@ from . import store
 from .analysis import lr_sensitivity, lr_sensitivity_coupled
 from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member
 from .data import Batches, TokenData, load_data
-from .diagnostics import MetricsLog, step_columns
+from .device import (StepWeights, activation_bytes_per_sequence, compile_fn, compute_dtype, is_out_of_memory,
+                     plan_micro_batch, resolve_compile, resolve_device, resolve_precision, rows_chunk)
+from .diagnostics import MetricsLog
 from .losses import loss_parts, total_loss
-from .model import ProxyGPT, Recorder, count_params, init_params, param_specs
+from .model import ProxyGPT, count_params, init_params, param_specs
 from .optim import BatchedAdamW, FlatParams
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked for but no CUDA GPU is visible; use cpu or auto")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the device computes it natively, else fp32 (see TrainConfig.precision)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for matmuls (paper §3.1); parameters and optimizer state stay float32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _config_json(cfg: GroupConfig) -> dict[str, Any]:
@@ -68,16 +35,15 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: ProxyGPT, params: dict[str, torch.Tensor], batches: Batches, device: torch.device,
-             precision: str) -> torch.Tensor:
-    """Validation cross-entropy per member [K] (z-loss excluded, paper §3), over the fixed eval windows."""
+def evaluate(run: GroupRun) -> torch.Tensor:
+    """Validation cross-entropy per member [K] (z-loss excluded, paper §3), over the fixed eval windows; every
+    member is evaluated, frozen ones included."""
+    weights = run.weights.refresh(None)
     total = None
-    for x, y in batches.eval:
-        with autocast(device, precision):
-            logits = model.forward(params, x)
-        ce = loss_parts(logits, y, diagnostics=False).ce
+    for x, y in run.batches.eval:
+        ce = run.loss_fn(weights, x, y, run.z_coef, False)[1]
         total = ce if total is None else total + ce
-    return total / len(batches.eval)
+    return total / len(run.batches.eval)
 
 
 def sensitivity_table(members: list[Member], final: list[float], l0: list[float]) -> list[dict[str, Any]]:
@@ -98,6 +64,23 @@ def sensitivity_table(members: list[Member], final: list[float], l0: list[float]
     return rows
 
 
+def _combine(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-member diagnostics of equal micro-batches -> those of the whole batch: maxima stay maxima, RMS
+    combine as the root of the mean square, everything else (means) as means."""
+    if len(chunks) == 1:
+        return chunks[0]
+    out = {}
+    for name in chunks[0]:
+        stacked = torch.stack([c[name] for c in chunks])
+        if name.startswith("attn_logit_max"):
+            out[name] = stacked.amax(0)
+        elif name.startswith("block_rms"):
+            out[name] = stacked.square().mean(0).sqrt()
+        else:
+            out[name] = stacked.mean(0)
+    return out
+
+
 class GroupRun:
     """State of one group's training; ``run()`` trains to the end, checkpointing and resuming in ``out``."""
 
@@ -107,25 +90,41 @@ class GroupRun:
         t = cfg.train
         self.device = resolve_device(t.device)
         self.precision = resolve_precision(t.precision, self.device)
+        self.compiled = resolve_compile(t.compile, self.device)
+        self.log_every = t.log_every or (10 if self.device.type == "cuda" else 1)
         if t.threads > 0:
             torch.set_num_threads(t.threads)
         self.members = cfg.member_list()
+        K = len(self.members)
         self.data = data if data is not None else load_data(cfg.data, cfg.model.vocab)
         self.vocab_size = self.data.vocab_size
         self.specs = param_specs(cfg.model, self.vocab_size)
         self.n_params = count_params(cfg.model, self.vocab_size)
+        dtype = compute_dtype(self.precision)
+        n_total = sum(math.prod(spec.shape) for spec in self.specs.values())
+        per_seq = activation_bytes_per_sequence(cfg.model.width, cfg.model.depth, cfg.data.seq_len, self.vocab_size,
+                                                cfg.model.heads, dtype)
+        if t.activation_checkpointing:
+            per_seq //= 4
+        # refused here, before anything is written, when not even one sequence per member fits
+        self.micro_batch = plan_micro_batch(t.micro_batch_size, cfg.data.batch_size, K, n_total, per_seq,
+                                            self.device, dtype)
         self.model = ProxyGPT(cfg.model, self.vocab_size, cfg.data.seq_len, self.device)
+        self.model.checkpoint_blocks = t.activation_checkpointing
         self.batches = Batches(self.data, cfg.data, t.seed, self.device)
-        K = len(self.members)
         init = init_params(cfg.model, self.vocab_size, [m.seed for m in self.members])
-        self.fp = FlatParams({n: p.to(self.device) for n, p in init.items()})
-        self.params = self.fp.params  # leaf views into fp.flat [K, P], the float32 master weights
-        self.opt = BatchedAdamW(self.fp, self.specs, self.members, cfg.optim, t.steps)
+        self.fp = FlatParams({n: p.to(self.device) for n, p in init.items()})  # float32 master weights [K, P]
+        self.weights = StepWeights(self.fp, dtype)
+        self.opt = BatchedAdamW(self.fp, self.specs, self.members, cfg.optim, t.steps, compile=self.compiled)
+        self.loss_fn = compile_fn(self._loss, self.compiled)
+        self.chunk = rows_chunk(self.device, K, self.vocab_size)
         self.z_coef = torch.tensor([m.z_loss for m in self.members], device=self.device)
         self.active = torch.ones(K, dtype=torch.bool, device=self.device)
-        self.diverged_step = torch.full((K,), -1, dtype=torch.long)
+        self.rows: torch.Tensor | None = None  # the live members computed each step (None = all)
+        self.diverged_step = torch.full((K,), -1, dtype=torch.long, device=self.device)
         self.over = torch.zeros(K, dtype=torch.long, device=self.device)  # consecutive steps above ℓ0 + margin
         self.l0: torch.Tensor | None = None
+        self.last: dict[str, torch.Tensor] = {}  # last logged value per column [K]: what a frozen member shows
         self.log = MetricsLog(K)
         self.next_step = 0
         self.seconds = 0.0  # wall time spent training this group, summed over resumes
@@ -136,7 +135,7 @@ class GroupRun:
         return {"config": json.dumps(_config_json(self.cfg)), "flat": self.fp.flat,
                 "opt": self.opt.state_dict(), "active": self.active, "diverged_step": self.diverged_step,
                 "over": self.over, "l0": self.l0, "log": self.log.state(), "next_step": self.next_step,
-                "seconds": self.seconds + time.perf_counter() - self._started}
+                "last": self.last, "rows": self.rows, "seconds": self.seconds + time.perf_counter() - self._started}
 
     def restore(self, state: dict[str, Any]) -> None:
         if not _same_run(json.loads(state["config"]), _config_json(self.cfg)):
@@ -149,64 +148,117 @@ class GroupRun:
         self.log.load_state(state["log"])
         self.next_step = int(state["next_step"])
         self.seconds = float(state.get("seconds", 0.0))
+        self.last, self.rows = state.get("last", {}), state.get("rows")
         self.log.truncate(self.next_step)
 
     # -- one step ----------------------------------------------------------------------------------------------
+    def _loss(self, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, z_coef: torch.Tensor,
+              record: bool) -> tuple[torch.Tensor, ...]:
+        """Forward and loss of one (micro-)batch: (objective, ce, z_sq, log_z, logit_mean, layer stats or None).
+        The unit that ``train.compile`` compiles."""
+        logits, stats = self.model.forward(weights, x, record)
+        parts = loss_parts(logits, y, diagnostics=record, chunk=self.chunk)
+        return total_loss(parts, z_coef), parts.ce, parts.z_sq, parts.log_z, parts.logit_mean, stats
+
+    def _full(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """A per-member value of the live rows -> [K]: members not computed repeat their last logged value."""
+        if self.rows is None:
+            return value
+        full = self.last[name].clone() if name in self.last else torch.full(
+            (len(self.members),), float("nan"), device=value.device, dtype=value.dtype)
+        return full.index_copy_(0, self.rows, value)
+
     def step(self, s: int) -> dict[str, torch.Tensor] | None:
+        """One optimizer step at step ``s``. Nothing waits for the device except on logged steps, where the
+        caller copies the returned columns to the host at once."""
         t = self.cfg.train
-        logged = s % t.log_every == 0 or s == t.steps - 1
+        logged = s % self.log_every == 0 or s == t.steps - 1
         x, y = self.batches.train(s)
-        rec = Recorder() if logged else None
-        with autocast(self.device, self.precision):
-            logits = self.model.forward(self.params, x, rec)
-        parts = loss_parts(logits, y, diagnostics=logged)
-        loss = total_loss(parts, self.z_coef)
-        grads = dict(zip(self.params, torch.autograd.grad(loss, list(self.params.values()))))
-        finite = torch.isfinite(parts.ce.detach()) & torch.isfinite(parts.z_sq.detach())
-        stats = self.opt.step(grads, self.active & finite, want_stats=logged)
+        rows = self.rows
+        if rows is not None and len(rows) == 0:  # every member frozen: nothing left to compute
+            return {**self.last, "diverged": (~self.active).float()} if logged else None
+        weights = self.weights.refresh(rows)
+        leaves = [weights[n] for n in self.fp.names]
+        z_coef = self.z_coef if rows is None else self.z_coef[rows]
+        mb = self.micro_batch
+        n_chunks = x.shape[0] // mb
+        parts: list[dict[str, torch.Tensor]] = []
+        for c in range(n_chunks):
+            xc, yc = x[c * mb:(c + 1) * mb], y[c * mb:(c + 1) * mb]
+            loss, ce, z_sq, log_z, logit_mean, stats = self.loss_fn(weights, xc, yc, z_coef, logged)
+            grads = torch.autograd.grad(loss / n_chunks if n_chunks > 1 else loss, leaves, allow_unused=True)
+            self.weights.grad_into(grads, self.opt.g, accumulate=c > 0)
+            chunk = {"loss": ce.detach(), "z_sq": z_sq.detach(), "log_z_mean": log_z}
+            if logged:
+                chunk["output_logit_mean"] = logit_mean
+                for name, per_layer in stats.items():
+                    chunk.update({f"{name}/{i}": v for i, v in enumerate(per_layer)})
+            parts.append(chunk)
+        measured = {name: self._full(name, v) for name, v in _combine(parts).items()}
+        ce, z_sq = measured["loss"], measured.pop("z_sq")
+        finite = torch.isfinite(ce) & torch.isfinite(z_sq)
+        stats = self.opt.step(self.opt.g, self.active & finite, want_stats=logged)
         # A NaN/Inf loss or gradient freezes a member at once; a loss above ℓ0 + margin for a window does too.
         ok = stats.pop("applied")
         assert self.l0 is not None
-        high = parts.ce.detach() > self.l0 + t.divergence_margin
+        high = ce > self.l0 + t.divergence_margin
         self.over = torch.where(high, self.over + 1, torch.zeros_like(self.over))
         newly = self.active & (~ok | (self.over >= t.divergence_window))
-        if bool(newly.any()):
-            self.diverged_step[newly.cpu()] = s
-            self.active = self.active & ~newly
+        self.diverged_step = torch.where(newly, s, self.diverged_step)
+        self.active = self.active & ~newly
         if not logged:
             return None
-        cols = step_columns(parts, self.z_coef, rec, stats)
+        cols = {"loss": ce, "z_loss": self.z_coef * z_sq, **measured}
+        for name, value in stats.items():  # members not computed show their last measurement, as above
+            cols[name] = value if name == "lr" or rows is None else self._full(name, value[rows])
+        self.last = dict(cols)
         cols["diverged"] = (~self.active).float()
         return cols
+
+    def _update_rows(self, diverged: Any) -> None:
+        """After a logged step: stop computing members that have diverged (a host decision, made only where the
+        host already holds the step's numbers)."""
+        live = [i for i, d in enumerate(diverged) if d == 0]
+        if len(live) < len(self.members) and (self.rows is None or len(live) < len(self.rows)):
+            self.rows = torch.tensor(live, dtype=torch.long, device=self.device)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self, on_step: Callable[[int], None] | None = None, progress: Any = None) -> dict[str, Any]:
         t = self.cfg.train
         if self.l0 is None:
-            self.l0 = evaluate(self.model, self.params, self.batches, self.device, self.precision)
+            self.l0 = evaluate(self)
         task = progress.add_task("train", total=t.steps, completed=self.next_step, tps=0.0, logit=0.0) if progress else None
         last_time, last_step = time.perf_counter(), self.next_step
-        for s in range(self.next_step, t.steps):
+        s = self.next_step
+        while s < t.steps:
             if s % t.eval_every == 0:
-                ev = self.l0 if s == 0 else evaluate(self.model, self.params, self.batches, self.device, self.precision)
+                ev = self.l0 if s == 0 else evaluate(self)
                 self.log.add(s, {"eval_loss": ev})
                 last_time = time.perf_counter()  # evaluation time is not training throughput
-            cols = self.step(s)
+            try:
+                cols = self.step(s)
+            except RuntimeError as err:  # auto micro-batching: a step that does not fit retries with half
+                if not (is_out_of_memory(err) and t.micro_batch_size == 0 and self.micro_batch > 1):
+                    raise
+                self.micro_batch = _halve(self.micro_batch, self.cfg.data.batch_size)
+                torch.cuda.empty_cache()
+                continue
             if cols is not None:
+                host = self.log.add(s, cols)  # the step's one device-to-host copy
                 now = time.perf_counter()
                 tps = self.tokens_per_step * (s + 1 - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, s + 1
-                cols["tokens_per_s"] = torch.tensor(tps)
-                self.log.add(s, cols)
+                self.log.add(s, {"tokens_per_s": tps})
+                self._update_rows(host["diverged"])
                 if progress:
-                    worst = max((float(v.max()) for k, v in cols.items() if k.startswith("attn_logit_max/")), default=0.0)
+                    worst = max((float(v.max()) for k, v in host.items() if k.startswith("attn_logit_max/")), default=0.0)
                     progress.update(task, completed=s + 1, tps=tps, logit=worst)
-            self.next_step = s + 1
+            self.next_step = s = s + 1
             if self.next_step % t.checkpoint_every == 0 and self.next_step < t.steps:
                 store.save_checkpoint(self.out, self.state())
             if on_step is not None:
-                on_step(s)
-        final = evaluate(self.model, self.params, self.batches, self.device, self.precision)
+                on_step(s - 1)
+        final = evaluate(self)
         self.log.add(t.steps, {"eval_loss": final})
         if progress:
             progress.update(task, completed=t.steps)
@@ -223,9 +275,15 @@ class GroupRun:
             members.append({"member": i, **dataclasses.asdict(m), "l0": l0[i], "final_eval_loss": finite_or_none(fin[i]),
                              "diverged": ds >= 0, "diverged_step": ds if ds >= 0 else None})
         return {"n_params": self.n_params, "vocab_size": self.vocab_size, "steps": self.cfg.train.steps,
-                "precision": self.precision, "seconds": round(self.seconds + time.perf_counter() - self._started, 2),
+                "precision": self.precision, "compiled": self.compiled, "micro_batch_size": self.micro_batch,
+                "seconds": round(self.seconds + time.perf_counter() - self._started, 2),
                 "members": members, "tokens_per_s": float(tps.median()) if len(tps) else None,
                 "lr_sensitivity": sensitivity_table(self.members, fin, l0)}
+
+
+def _halve(micro_batch: int, batch: int) -> int:
+    """The largest divisor of ``batch`` at most half of ``micro_batch``."""
+    return max(d for d in range(1, micro_batch // 2 + 1) if batch % d == 0)
 
 
 def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], None] | None = None,

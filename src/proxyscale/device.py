@@ -1,0 +1,216 @@
+"""The device seam: every choice that depends on the hardware lives here, so ``model.py`` reads like the paper.
+
+- which device and precision run (``resolve_device``, ``resolve_precision``);
+- mixed precision done once per step (``StepWeights``): the float32 master buffer ``flat [K, P]`` is cast to
+  bf16 once per step and the model computes with views of that copy, instead of autocast re-casting every
+  weight at every use; the gradients come back as one float32 ``[K, P]``;
+- compilation (``compile_fn``): ``torch.compile`` where it pays (CUDA by default);
+- memory (``free_bytes``, ``plan_micro_batch``): how many sequences per member fit at once;
+- chunk sizes of the few loops that must not materialise a big tensor whole (``logit_chunk``, ``rows_chunk``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for but no CUDA GPU is visible; use cpu or auto")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the device computes it natively, else fp32 (see TrainConfig.precision)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def resolve_compile(setting: str, device: torch.device) -> bool:
+    """``auto`` compiles on CUDA only: on a CPU the compile time (tens of seconds) outweighs the gain at micro
+    scale, and the eager step is already close to a plain loop there (benchmarks/throughput.py)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compile_fn(fn: Callable, enabled: bool) -> Callable:
+    """``torch.compile(fn)`` when enabled, else ``fn``. ``dynamic=None``: a shape that changes (fewer live
+    members after a divergence, a last micro-batch) recompiles once, then is treated as dynamic."""
+    if not enabled:
+        return fn
+    import torch._dynamo.config as dynamo_config
+
+    # every group of a sweep compiles its own graphs in one process: lift dynamo's recompile limits (default 8),
+    # past which it would fall back to eager without a word
+    for name, value in (("cache_size_limit", 1024), ("recompile_limit", 1024), ("accumulated_cache_size_limit", 1 << 14),
+                        ("accumulated_recompile_limit", 1 << 14)):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), value))
+    return torch.compile(fn, dynamic=None)
+
+
+# -- chunk sizes ---------------------------------------------------------------------------------------------
+def logit_chunk(device: torch.device, per_sequence: int) -> int:
+    """Sequences per chunk of the max-attention-logit pass: on a CPU ~1M floats (cache-sized), on a GPU ~256M
+    floats (1 GiB) so the pass is a few large matmuls."""
+    budget = (1 << 20) if device.type == "cpu" else (1 << 28)
+    return max(1, budget // per_sequence)
+
+
+def rows_chunk(device: torch.device, members: int, vocab: int) -> int:
+    """Tokens per chunk of the float32 log-sum-exp over ``[K, N, V]``: ~16M floats on a GPU, ~4M on a CPU, so
+    the float32 copy of the logits never exists whole."""
+    budget = (1 << 22) if device.type == "cpu" else (1 << 24)
+    return max(1, budget // (members * vocab))
+
+
+# -- mixed precision, once per step --------------------------------------------------------------------------
+class StepWeights:
+    """The weights a step computes with, made once per step from the float32 master buffer ``fp.flat [K, P]``.
+
+    ``refresh(rows)`` returns leaf tensors ``{name: [K', *shape]}`` for the members ``rows`` (all when None):
+    in float32 they are views of the master buffer itself (no copy); in bf16 they are views of one bf16 copy
+    made by a single cast. Tensors named in ``keep_fp32`` (the embedding: only its looked-up rows are cast, by
+    the model) stay float32 views. ``grad_into(grads, g, accumulate)`` writes their gradients into the float32
+    ``g [K, P]`` in the buffer's layout (rows of members not computed are zero).
+    """
+
+    def __init__(self, fp: Any, dtype: torch.dtype, keep_fp32: tuple[str, ...] = ("embed",)) -> None:
+        self.fp, self.dtype = fp, dtype
+        self.keep_fp32 = keep_fp32 if dtype != fp.flat.dtype else ()
+        self.rows: torch.Tensor | None = None
+        self._buf: torch.Tensor | None = None  # [K', P] in the compute dtype
+        self._leaves: dict[str, torch.Tensor] = {}
+
+    def refresh(self, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        fp = self.fp
+        self.rows = rows
+        if rows is None and self.dtype == fp.flat.dtype:
+            return fp.params  # float32, every member: the master views themselves, no copy
+        k = fp.flat.shape[0] if rows is None else len(rows)
+        with torch.no_grad():
+            if self._buf is None or self._buf.shape[0] != k:
+                self._buf = torch.empty(k, fp.flat.shape[1], dtype=self.dtype, device=fp.flat.device)
+                self._leaves = {n: self._buf[:, fp.slices[n]].view(k, *fp.shapes[n]).detach().requires_grad_(True)
+                                for n in fp.names}
+            self._buf.copy_(fp.flat if rows is None else fp.flat.index_select(0, rows))  # the one cast of the step
+            leaves = dict(self._leaves)
+            for n in self.keep_fp32:  # float32 views of the master (or of the live members' rows)
+                leaves[n] = fp.params[n] if rows is None else \
+                    fp.flat[:, fp.slices[n]].index_select(0, rows).view(k, *fp.shapes[n]).requires_grad_(True)
+        return leaves
+
+    @torch.no_grad()
+    def grad_into(self, grads: tuple[torch.Tensor | None, ...], g: torch.Tensor, accumulate: bool) -> None:
+        """grads, in ``fp.names`` order (None = no gradient) -> float32 ``g [K, P]``; adds to it when
+        ``accumulate`` (micro-batches), else overwrites."""
+        fp, rows = self.fp, self.rows
+        target = g if rows is None else torch.zeros(len(rows), g.shape[1], dtype=g.dtype, device=g.device)
+        if rows is not None and accumulate:
+            target.copy_(g.index_select(0, rows))
+        for name, grad in zip(fp.names, grads):
+            view = target[:, fp.slices[name]]
+            if grad is None:
+                if not accumulate:
+                    view.zero_()
+            elif accumulate:
+                view.add_(grad.reshape(view.shape))
+            else:
+                view.copy_(grad.reshape(view.shape))
+        if rows is not None:
+            g.zero_()
+            g.index_copy_(0, rows, target)
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+def free_bytes(device: torch.device) -> int:
+    """Memory available to a new group: free GPU memory, or MemAvailable of the host for a CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def state_bytes(members: int, n_total: int, dtype: torch.dtype) -> int:
+    """Bytes of a group's state: float32 master weights, Adam m and v, gradient and scratch (5 × 4 bytes per
+    parameter and member) plus the compute copy of the weights (2 bytes in bf16)."""
+    return members * n_total * (20 + (2 if dtype == torch.bfloat16 else 0))
+
+
+def activation_bytes_per_sequence(width: int, depth: int, seq_len: int, vocab: int, heads: int,
+                                  dtype: torch.dtype) -> int:
+    """Bytes one sequence of one member keeps alive between forward and backward (an estimate, rounded up):
+    per layer and token ~24 width-sized activations (norm inputs/outputs, q, k, v before and after
+    qk-layernorm and RoPE, attention output, the 4·d MLP hidden twice), the logits and their gradient in the
+    compute dtype, and a float32 chunk of the log-sum-exp."""
+    b = 2 if dtype == torch.bfloat16 else 4
+    per_token = depth * 24 * width * b + 2 * vocab * b + 8 * vocab
+    return seq_len * per_token
+
+
+def plan_micro_batch(requested: int, batch: int, members: int, n_total: int, per_sequence: int,
+                     device: torch.device, dtype: torch.dtype, free: int | None = None) -> int:
+    """Sequences per member computed at once: ``requested`` when > 0 (must divide the batch), else the largest
+    divisor of the batch whose activations fit in 80% of the free memory left after the group's state.
+    Refuses, with the numbers, a group that cannot fit even one sequence per member."""
+    if requested > 0:
+        if batch % requested:
+            raise ConfigError(f"train.micro_batch_size: {requested} does not divide data.batch_size {batch}; "
+                              f"pick one of {[d for d in range(1, batch + 1) if batch % d == 0]}")
+        return requested
+    free = free_bytes(device) if free is None else free
+    state = state_bytes(members, n_total, dtype)
+    room = int(0.8 * free) - state
+    fits = room // max(1, members * per_sequence)
+    if fits < 1:
+        raise ConfigError(
+            f"train: a group of {members} members does not fit on {device}: state {state / 2**30:.1f} GiB + one "
+            f"sequence per member {members * per_sequence / 2**30:.2f} GiB > 80% of {free / 2**30:.1f} GiB free; "
+            "train fewer members per group (split members.lr) or a smaller model")
+    return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= fits)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def mfu(tokens_per_s: float, width: int, depth: int, seq_len: int, vocab: int, peak_flops: float) -> float:
+    """Model FLOPs utilisation: (6·(12·L·d² + d·V) + 6·L·d·T) FLOP per token (causal attention) × tokens/s ÷ the
+    device's peak (benchmarks measure it)."""
+    per_token = 6 * (12 * depth * width**2 + width * vocab) + 6 * depth * width * seq_len
+    return per_token * tokens_per_s / peak_flops
+
+
+__all__ = ["StepWeights", "compile_fn", "compute_dtype", "free_bytes", "logit_chunk", "mfu",
+           "plan_micro_batch", "resolve_compile", "resolve_device", "resolve_precision", "rows_chunk"]
