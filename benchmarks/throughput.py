@@ -125,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES),
                     help="default: micro on a CPU, micro and small on a GPU")
+    ap.add_argument("--widths", type=int, nargs="+", default=None, help="only the shapes of these widths")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20 on a GPU, 4 on a CPU)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
@@ -165,6 +166,8 @@ def main() -> None:
 
     for family in shapes:
         for shape in SHAPES[family]:
+            if args.widths and shape[0] not in args.widths:
+                continue
             k1 = guard(proxyscale_case, shape, LRS[3:4], 0, args, device)
             k7 = guard(proxyscale_case, shape, LRS, 0, args, device)
             ref_e = guard(reference_case, shape, False, precision, args, device)

@@ -197,7 +197,11 @@ class ProxyGPT:
         table and only the looked-up rows are cast."""
         dtype = params["ln_f"].dtype  # the compute dtype
         T = tokens.shape[1]
-        x = params["embed"][:, tokens].to(dtype)  # [K, B, T, D]
+        embed = params["embed"]  # [K, V, D]
+        K, V, D = embed.shape
+        # one embedding lookup for all members: member k's ids are offset by k·V into the [K·V, D] table
+        ids = tokens.unsqueeze(0) + (torch.arange(K, device=tokens.device) * V).view(K, 1, 1)  # [K, B, T]
+        x = F.embedding(ids, embed.reshape(K * V, D)).to(dtype)  # [K, B, T, D]
         cos, sin = self.cos[:T].to(dtype), self.sin[:T].to(dtype)
         stats: list[tuple[torch.Tensor, ...]] = []
         for i in range(self.cfg.depth):
