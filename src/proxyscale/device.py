@@ -126,24 +126,23 @@ class StepWeights:
 
     @torch.no_grad()
     def grad_into(self, grads: tuple[torch.Tensor | None, ...], g: torch.Tensor, accumulate: bool) -> None:
-        """grads, in ``fp.names`` order (None = no gradient) -> float32 ``g [K, P]``; adds to it when
-        ``accumulate`` (micro-batches), else overwrites."""
+        """grads, in ``fp.names`` order (None = no gradient) -> float32 ``g [K, P]``, as one concatenation (one
+        kernel, casting bf16 to float32 on the way); adds to ``g`` when ``accumulate`` (micro-batches)."""
         fp, rows = self.fp, self.rows
-        target = g if rows is None else torch.zeros(len(rows), g.shape[1], dtype=g.dtype, device=g.device)
-        if rows is not None and accumulate:
-            target.copy_(g.index_select(0, rows))
-        for name, grad in zip(fp.names, grads):
-            view = target[:, fp.slices[name]]
-            if grad is None:
-                if not accumulate:
-                    view.zero_()
-            elif accumulate:
-                view.add_(grad.reshape(view.shape))
+        k = g.shape[0] if rows is None else len(rows)
+        parts = [torch.zeros(k, fp.slices[n].stop - fp.slices[n].start, device=g.device) if grad is None
+                 else grad.reshape(k, -1) for n, grad in zip(fp.names, grads)]
+        if rows is None:
+            if accumulate:
+                g.add_(torch.cat(parts, dim=1))
             else:
-                view.copy_(grad.reshape(view.shape))
-        if rows is not None:
-            g.zero_()
-            g.index_copy_(0, rows, target)
+                torch.cat(parts, dim=1, out=g)
+            return
+        live = torch.cat(parts, dim=1).float()
+        if accumulate:
+            live += g.index_select(0, rows)
+        g.zero_()
+        g.index_copy_(0, rows, live)
 
 
 # -- memory --------------------------------------------------------------------------------------------------
