@@ -57,9 +57,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     k = len(cfg.member_list())
     from .model import count_params
 
+    from .device import resolve_compile, resolve_device, resolve_precision
+
+    device = resolve_device(cfg.train.device)
     console.print(f"group: {k} member{'s' if k > 1 else ''}, width {cfg.model.width}, depth {cfg.model.depth}, "
                   f"heads {cfg.model.heads}, N = {count_params(cfg.model):,} non-embedding parameters, "
-                  f"{cfg.train.steps} steps, {cfg.train.precision}")
+                  f"{cfg.train.steps} steps, {resolve_precision(cfg.train.precision, device)} on {device}"
+                  f"{', compiled' if resolve_compile(cfg.train.compile, device) else ''}")
     progress = None if args.quiet else _progress()
     try:
         if progress:
