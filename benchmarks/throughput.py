@@ -72,7 +72,7 @@ def proxyscale_case(shape, members: list[float], log_every: int, args, device) -
     raw = {"model": {"width": d, "depth": depth, "heads": d // 64 if d >= 256 and vocab > 256 else d // 32,
                      "vocab": f"bpe:{vocab}" if vocab > 256 else "byte"},
            "data": {"seq_len": seq, "batch_size": batch},
-           "train": {"steps": 1 << 30, "log_every": log_every or (1 << 30), "device": args.device,
+           "train": {"steps": 10_000, "log_every": log_every or 10_000, "device": args.device,
                      "threads": args.threads, "compile": args.compile},
            "members": {"lr": members}}
     run = GroupRun(config.from_dict(raw), Path("/nonexistent"), data=data)

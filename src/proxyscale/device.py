@@ -167,15 +167,16 @@ def state_bytes(members: int, n_total: int, dtype: torch.dtype) -> int:
     return members * n_total * (20 + (2 if dtype == torch.bfloat16 else 0))
 
 
-def activation_bytes_per_sequence(width: int, depth: int, seq_len: int, vocab: int, heads: int,
-                                  dtype: torch.dtype) -> int:
+def activation_bytes_per_sequence(width: int, depth: int, seq_len: int, vocab: int, dtype: torch.dtype,
+                                  checkpointing: bool = False) -> int:
     """Bytes one sequence of one member keeps alive between forward and backward (an estimate, rounded up):
     per layer and token ~24 width-sized activations (norm inputs/outputs, q, k, v before and after
     qk-layernorm and RoPE, attention output, the 4·d MLP hidden twice), the logits and their gradient in the
     compute dtype, and a float32 chunk of the log-sum-exp."""
     b = 2 if dtype == torch.bfloat16 else 4
-    per_token = depth * 24 * width * b + 2 * vocab * b + 8 * vocab
-    return seq_len * per_token
+    # with activation checkpointing a block keeps only its input, and one block's activations live at a time
+    blocks = (depth + 24) * width * b if checkpointing else depth * 24 * width * b
+    return seq_len * (blocks + 2 * vocab * b + 8 * vocab)
 
 
 def plan_micro_batch(requested: int, batch: int, members: int, n_total: int, per_sequence: int,

@@ -141,7 +141,8 @@ the residual stream after the block."""
 class ProxyGPT:
     """Functional model: ``forward(params, tokens)`` -> logits [K, B, T, V]. Holds only static state."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, device: torch.device) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int, device: torch.device,
+                 checkpoint_blocks: bool = False) -> None:
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.head_dim = cfg.width // cfg.heads
@@ -150,7 +151,7 @@ class ProxyGPT:
         # κ transplant: logits = <q,k>/Dh with RMS(q) = RMS(k) = sqrt(κ), so max logit = κ (inferred).
         self.scale = 1.0 / self.head_dim if (linear_scale or cfg.kappa is not None) else 1.0 / math.sqrt(self.head_dim)
         self.cos, self.sin = rope_tables(seq_len, self.head_dim, cfg.rope_base, device)
-        self.checkpoint_blocks = False  # activation checkpointing (train.activation_checkpointing)
+        self.checkpoint_blocks = checkpoint_blocks  # activation checkpointing (train.activation_checkpointing)
 
     def _causal_bias(self, t: int, device: torch.device) -> torch.Tensor:
         """[T, T] float32: 0 on and below the diagonal, -inf above (cached)."""
@@ -226,9 +227,9 @@ class ProxyGPT:
         H, Dh = cfg.heads, self.head_dim
         p = f"layers.{i}."
         h = _norm(x, params[p + "ln1"], cfg.norm)
-        q = _linear(h, params[p + "wq"]).view(K, B, T, H, Dh)
-        k = _linear(h, params[p + "wk"]).view(K, B, T, H, Dh)
-        v = _linear(h, params[p + "wv"]).view(K, B, T, H, Dh)
+        # q, k and v from one matmul against [wq | wk | wv] (a [K, D, 3D] copy of the small weights per step)
+        wqkv = torch.cat([params[p + "wq"], params[p + "wk"], params[p + "wv"]], dim=2)
+        q, k, v = _linear(h, wqkv).view(K, B, T, 3, H, Dh).unbind(3)  # each [K, B, T, H, Dh]
         if cfg.qk_layernorm == "head":  # one scale [Dh] shared by the heads (paper §3.1.2)
             q = _norm(q, params[p + "q_norm"], "layernorm")
             k = _norm(k, params[p + "k_norm"], "layernorm")

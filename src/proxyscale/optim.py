@@ -66,31 +66,32 @@ class FlatParams:
 
 
 def lr_at(t: torch.Tensor, peak: torch.Tensor, warmup: torch.Tensor, total: int, min_lr: float) -> torch.Tensor:
-    """``lr_schedule`` on the device: t a float64 0-d tensor (0-based step), peak and warmup ``[K, 1]`` float64
-    -> per-member LR ``[K, 1]`` float32, with no host round-trip."""
+    """``lr_schedule`` vectorised: t float64 (0-based steps, any shape broadcasting against ``[K, 1]``), peak
+    and warmup ``[K, 1]`` float64 -> per-member LR, float64."""
     warm = peak * (t + 1) / warmup.clamp(min=1)
     progress = ((t - warmup) / (total - warmup).clamp(min=1)).clamp(0.0, 1.0)
     cosine = min_lr + (peak - min_lr) * 0.5 * (1.0 + torch.cos(math.pi * progress))
-    return torch.where(t < warmup, warm, cosine).float()
+    return torch.where(t < warmup, warm, cosine)
 
 
 def adamw_update(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, d: torch.Tensor,
                  keep: torch.Tensor, clip_coef: torch.Tensor, step_lr: torch.Tensor, decay: torch.Tensor,
-                 beta1: float, beta2: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
+                 beta1: float, beta2: torch.Tensor, eps: torch.Tensor, bias1: torch.Tensor, bias2: torch.Tensor,
                  lr_mult: torch.Tensor | None) -> torch.Tensor:
     """One masked AdamW update of ``[K, P]`` buffers, in place; returns the Adam direction Δ (in ``d``).
 
     ``keep [K, 1]`` is 1 for a member that updates and 0 for a frozen one: a frozen member's gradient is
     zeroed and its moment and weight updates are multiplied by 0, which leaves p, m and v bit-identical without
     a clone/restore or a host decision. ``clip_coef``, ``step_lr`` (s_t·η), ``decay`` (the decay factor),
-    ``beta2``, ``eps`` are ``[K, 1]``; ``lr_mult`` is ``[1, P]`` (μParam) or None."""
+    ``beta2``, ``eps`` and the bias corrections ``bias1`` = 1 − β1^t, ``bias2`` = 1 − β2^t are ``[K, 1]``;
+    ``lr_mult`` is ``[1, P]`` (μParam) or None."""
     g.mul_(clip_coef * keep).nan_to_num_(0.0, 0.0, 0.0)  # clip (paper §3.1); a frozen member's NaN gradient -> 0
     torch.sub(g, m, out=d)
     m.addcmul_(d, (1.0 - beta1) * keep)  # m ← β1·m + (1 − β1)·g
     torch.sub(g.square_(), v, out=d)
     v.addcmul_(d, (1.0 - beta2) * keep)  # v ← β2·v + (1 − β2)·g²
-    torch.div(v, 1.0 - beta2**t, out=d).sqrt_().add_(eps)
-    torch.div(m, d, out=d).div_(1.0 - beta1**t)  # Adam direction Δ = m̂ / (sqrt(v̂) + ε)
+    torch.div(v, bias2, out=d).sqrt_().add_(eps)
+    torch.div(m, d, out=d).div_(bias1)  # Adam direction Δ = m̂ / (sqrt(v̂) + ε)
     p.addcmul_(p, decay * keep, value=-1.0)  # θ ← θ − decay·θ, from the old θ (paper §3.2.2)
     lr = step_lr * keep
     p.sub_(d * lr if lr_mult is None else d * lr * lr_mult)
@@ -109,8 +110,15 @@ class BatchedAdamW:
             return torch.tensor(values, dtype=dtype, device=device).unsqueeze(1)  # [K, 1]
 
         self.fp, self.cfg, self.members, self.total_steps = fp, cfg, members, total_steps
-        self.peak = col([m.lr for m in members], torch.float64)
-        self.warmup = col([m.warmup for m in members], torch.float64)
+        # Every step's per-member numbers, computed once: [steps + 1, K, 4] = (s_t·η, s_t, 1 − β1^(t+1),
+        # 1 − β2^(t+1)) for the step t about to be taken, so a step reads one row on the device (no host round-trip)
+        t = torch.arange(total_steps + 1, dtype=torch.float64).view(-1, 1, 1)
+        peak = torch.tensor([m.lr for m in members], dtype=torch.float64).unsqueeze(1)
+        lr = lr_at(t, peak, torch.tensor([m.warmup for m in members], dtype=torch.float64).unsqueeze(1),
+                   total_steps, cfg.min_lr)
+        beta2 = torch.tensor([m.beta2 for m in members], dtype=torch.float64).unsqueeze(1)
+        self._table = torch.cat([lr, lr / peak, (1 - cfg.beta1 ** (t + 1)).expand_as(lr), 1 - beta2 ** (t + 1)],
+                                dim=2).float().to(device)
         self.wd = col([m.weight_decay for m in members])
         self.independent = col([m.independent_weight_decay for m in members], torch.bool)
         self.eps = col([m.eps for m in members])
@@ -122,12 +130,8 @@ class BatchedAdamW:
         self.v = torch.zeros_like(fp.flat)
         self.g = torch.empty_like(fp.flat)  # the gradient [K, P], filled by the step (device.StepWeights)
         self._d = torch.empty_like(fp.flat)  # scratch [K, P]
-        self.t = torch.zeros((), dtype=torch.float64, device=device)  # optimizer steps taken, on the device
+        self.t = torch.zeros((), dtype=torch.long, device=device)  # optimizer steps taken, on the device
         self._update = compile_fn(adamw_update, compile)
-
-    def lr_at(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-member LR ``[K, 1]`` at optimizer step ``t`` (0-based, a 0-d tensor)."""
-        return lr_at(t, self.peak, self.warmup, self.total_steps, self.cfg.min_lr)
 
     def state_dict(self) -> dict:
         return {"m": self.m, "v": self.v, "t": int(self.t)}
@@ -152,8 +156,8 @@ class BatchedAdamW:
         stats = {"grad_norm": grad_norm, "applied": applied}
         if want_stats:
             stats.update({f"grad_rms/{n}": r for n, r in fp.per_tensor(g).items()})  # before clipping
-        lr_t = self.lr_at(self.t)  # [K, 1] = s_t · η
-        s_t = lr_t / self.peak.float()  # schedule multiplier in [0, 1]
+        row = self._table[self.t.clamp(max=self.total_steps)]  # [K, 4], read on the device
+        lr_t, s_t, bias1, bias2 = row.unsqueeze(2).unbind(1)  # each [K, 1]; lr_t = s_t · η, s_t in [0, 1]
         self.t += 1
         step_lr = lr_t
         if c.rms_scaled_lr:  # Appendix E.14: each tensor's LR × max(RMS(p), 1e-3)
@@ -161,15 +165,12 @@ class BatchedAdamW:
             step_lr = lr_t * rms.clamp(min=1e-3).repeat_interleave(fp.sizes, dim=1)
         lr_mult = self.lr_mult
         # independent: θ −= s·λ·θ ; coupled: θ −= s·η·λ·θ (paper §3.2.2), with η the tensor's LR
-        if lr_mult is None and not c.rms_scaled_lr:
-            decay = torch.where(self.independent, s_t * self.wd, lr_t * self.wd) * self.decay_mask
-        else:
-            eff = step_lr if lr_mult is None else step_lr * lr_mult
-            decay = torch.where(self.independent, s_t * self.wd, eff * self.wd) * self.decay_mask
+        eff = step_lr if lr_mult is None else step_lr * lr_mult  # [K, 1] or [K, P]
+        decay = torch.where(self.independent, s_t * self.wd, eff * self.wd) * self.decay_mask
         clip_coef = (c.clip / (grad_norm + 1e-6)).clamp(max=1.0).unsqueeze(1)
         keep = applied.float().unsqueeze(1)
         delta = self._update(fp.flat, self.m, self.v, g, self._d, keep, clip_coef, step_lr, decay,
-                             c.beta1, self.beta2, self.eps, self.t.float(), lr_mult)
+                             c.beta1, self.beta2, self.eps, bias1, bias2, lr_mult)
         if want_stats:
             stats.update({f"update_rms/{n}": r for n, r in fp.per_tensor(delta).items()})
             stats.update({f"param_rms/{n}": r for n, r in fp.per_tensor(fp.flat).items()})

@@ -103,14 +103,12 @@ class GroupRun:
         dtype = compute_dtype(self.precision)
         n_total = sum(math.prod(spec.shape) for spec in self.specs.values())
         per_seq = activation_bytes_per_sequence(cfg.model.width, cfg.model.depth, cfg.data.seq_len, self.vocab_size,
-                                                cfg.model.heads, dtype)
-        if t.activation_checkpointing:
-            per_seq //= 4
+                                                dtype, t.activation_checkpointing)
         # refused here, before anything is written, when not even one sequence per member fits
         self.micro_batch = plan_micro_batch(t.micro_batch_size, cfg.data.batch_size, K, n_total, per_seq,
                                             self.device, dtype)
-        self.model = ProxyGPT(cfg.model, self.vocab_size, cfg.data.seq_len, self.device)
-        self.model.checkpoint_blocks = t.activation_checkpointing
+        self.model = ProxyGPT(cfg.model, self.vocab_size, cfg.data.seq_len, self.device,
+                              checkpoint_blocks=t.activation_checkpointing)
         self.batches = Batches(self.data, cfg.data, t.seed, self.device)
         init = init_params(cfg.model, self.vocab_size, [m.seed for m in self.members])
         self.fp = FlatParams({n: p.to(self.device) for n, p in init.items()})  # float32 master weights [K, P]
@@ -202,7 +200,7 @@ class GroupRun:
         ok = stats.pop("applied")
         assert self.l0 is not None
         high = ce > self.l0 + t.divergence_margin
-        self.over = torch.where(high, self.over + 1, torch.zeros_like(self.over))
+        self.over = (self.over + 1) * high  # consecutive steps above ℓ0 + margin
         newly = self.active & (~ok | (self.over >= t.divergence_window))
         self.diverged_step = torch.where(newly, s, self.diverged_step)
         self.active = self.active & ~newly
