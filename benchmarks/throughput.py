@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=None, help="only the shapes of these widths")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20 on a GPU, 4 on a CPU)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="interleaved repeats of every case, the best kept (default 1 on a GPU, 3 on a shared CPU)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="proxyscale's train.compile")
@@ -139,13 +141,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     gpu = device.type == "cuda"
     args.steps = args.steps or (20 if gpu else 4)
+    args.repeats = args.repeats or (1 if gpu else 3)
     shapes = args.shapes or (["micro", "small"] if gpu else ["micro"])
     precision = resolve_precision("auto", device)
     compiled = resolve_compile(args.compile, device)
     peak = args.peak_tflops or (peak_tflops(device) if gpu else None)
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
     print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, precision {precision}, "
-          f"proxyscale compile {'on' if compiled else 'off'}, {args.steps} timed steps after {args.warmup}"
+          f"proxyscale compile {'on' if compiled else 'off'}, best of {args.repeats} interleaved repeats of "
+          f"{args.steps} timed steps after {args.warmup}"
           + (f", measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""), flush=True)
     head = ("| shape (d, L, T, B, V) | proxyscale K=1 | K=7 group | reference eager | reference compiled "
             "| K=1 ÷ ref. compiled | group ÷ 7 seq. K=1 | group ÷ 7 seq. ref. compiled | micro-batch K=7 |")
@@ -168,10 +172,16 @@ def main() -> None:
         for shape in SHAPES[family]:
             if args.widths and shape[0] not in args.widths:
                 continue
-            k1 = guard(proxyscale_case, shape, LRS[3:4], 0, args, device)
-            k7 = guard(proxyscale_case, shape, LRS, 0, args, device)
-            ref_e = guard(reference_case, shape, False, precision, args, device)
-            ref_c = guard(reference_case, shape, True, precision, args, device)
+            cases = {"k1": (proxyscale_case, shape, LRS[3:4], 0), "k7": (proxyscale_case, shape, LRS, 0),
+                     "ref_e": (reference_case, shape, False, precision), "ref_c": (reference_case, shape, True, precision)}
+            best: dict = {}
+            for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every case
+                for name, (fn, *rest) in cases.items():
+                    result = guard(fn, *rest, args, device)
+                    if result is not None and (best.get(name) is None or result[0] > best[name][0]):
+                        best[name] = result
+                    best.setdefault(name, result)
+            k1, k7, ref_e, ref_c = (best[name] for name in cases)
 
             def ratio(a, b) -> str:
                 return f"{a[0] / b[0]:.2f}x" if a and b else "–"
@@ -181,11 +191,17 @@ def main() -> None:
                         f"| {k7[2] if k7 else '–'} |")
             print(rows[-1], flush=True)
             if not args.no_diagnostics and k7 is not None and (family == "micro" or shape[0] == 512):
-                every1 = guard(proxyscale_case, shape, LRS, 1, args, device)
-                every10 = guard(proxyscale_case, shape, LRS, 10, args, device)
-                if every1 and every10:
-                    diag_rows.append(f"| {', '.join(map(str, shape))} | {100 * (k7[0] / every10[0] - 1):+.1f}% "
-                                     f"| {100 * (k7[0] / every1[0] - 1):+.1f}% |")
+                # a multiple of 10 timed steps, so log_every 10 logs exactly a tenth of them; interleaved repeats
+                diag = argparse.Namespace(**{**vars(args), "steps": 10 * max(1, round(args.steps / 10))})
+                seconds: dict[int, float] = {}
+                for _ in range(args.repeats):
+                    for every in (0, 10, 1):
+                        result = guard(proxyscale_case, shape, LRS, every, diag, device)
+                        if result is not None:
+                            seconds[every] = min(seconds.get(every, float("inf")), 1 / result[0])
+                if len(seconds) == 3:
+                    diag_rows.append(f"| {', '.join(map(str, shape))} | {100 * (seconds[10] / seconds[0] - 1):+.1f}% "
+                                     f"| {100 * (seconds[1] / seconds[0] - 1):+.1f}% |")
                     print(diag_rows[-1], flush=True)
     print()
     print("\n".join(rows))
