@@ -194,3 +194,26 @@ def test_a_group_that_cannot_fit_is_refused_with_the_numbers(tmp_path, make_raw,
     with pytest.raises(ConfigError, match="does not fit"):
         train_group(config.from_dict(make_raw(members={"lr": [1e-2, 1e-1]})), tmp_path / "big")
     assert not (tmp_path / "big").exists()  # refused before anything was written
+
+
+def test_auto_micro_batch_halves_on_out_of_memory_and_keeps_the_numbers(tmp_path, make_raw):
+    """An out-of-memory error in a step with micro_batch_size auto retries the step with half the micro-batch;
+    the run's numbers equal those of a run that used the smaller micro-batch from the start."""
+    raw = make_raw(data={"batch_size": 4}, members={"lr": [1e-2, 1e-1]})
+    group = GroupRun(config.from_dict(raw), tmp_path / "oom")
+    assert group.micro_batch == 4
+    plain = group.loss_fn
+
+    def limited(weights, x, *rest):
+        if x.shape[0] > 2 and torch.is_grad_enabled():
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return plain(weights, x, *rest)
+
+    group.loss_fn = limited
+    group.run()
+    assert group.micro_batch == 2
+    raw["train"]["micro_batch_size"] = 2
+    _, ref = run(tmp_path, raw, "mb2")
+    got = group.log.frame()
+    for k in range(2):
+        assert_close(member_frame(got, k), member_frame(ref, k), 1e-6, k)
