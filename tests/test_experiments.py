@@ -1,10 +1,9 @@
 """Every experiment file is valid at every scale: its spec expands, its checks and figures exist and take its args."""
 
-import inspect
-
 import pytest
 
-from proxyscale import claims, reproduce, sweep
+from proxyscale import plots, reproduce, sweep
+from proxyscale.config import ConfigError
 
 KINDS = {"lr_vs_loss", "sensitivity_vs_n", "over_steps", "metric_vs", "prediction"}
 PAPER_ITEMS = {"fig1", "fig2", "fig3", "fig5", "fig6", "fig7", "fig8", "fig9", "fig10", "fig11", "fig12",
@@ -17,9 +16,9 @@ def test_every_paper_experiment_is_listed():
 
 @pytest.mark.parametrize("name", reproduce.names())
 def test_experiment_file_is_valid(name):
-    exp = reproduce.load(name)
+    exp = reproduce.load(name)  # validates every figure's and claim's arguments against its function
     assert exp["name"] == name and exp["title"] and exp["paper"]
-    assert set(exp["scales"]) == {"micro", "small", "paper"}
+    assert set(exp["scales"]) == set(reproduce.SCALES)
     for scale, body in exp["scales"].items():
         assert body["why"], (name, scale)
         groups = sweep.expand({"name": name, **body["spec"]})
@@ -27,9 +26,47 @@ def test_experiment_file_is_valid(name):
         if scale == "micro":
             for g in groups:
                 assert g.cfg.model.width <= 256 and g.cfg.train.steps <= 600, (name, g.labels)
+        if scale == "mini":  # mini goes after the scaling claims: far more tokens per run than micro
+            for g in groups:
+                tokens = g.cfg.train.steps * g.cfg.data.batch_size * g.cfg.data.seq_len
+                assert tokens >= 40 * 300 * 8 * 64, (name, g.labels)  # e7, e9 halve length or batch
     for fig in exp["figures"]:
         assert fig["kind"] in KINDS
     assert exp["claims"]
-    for c in exp["claims"]:
-        fn = claims.CHECKS[c["check"]]
-        inspect.signature(fn).bind(None, **c.get("args", {}))  # the arguments fit the check
+
+
+def test_mini_has_a_held_out_size_for_fig9():
+    spec = reproduce.load("fig9")["scales"]["mini"]["spec"]
+    assert len({g.labels["size"] for g in sweep.expand(spec)}) >= 5
+
+
+def test_figure_registry_rejects_bad_entries():
+    assert set(plots.FIGURES) == KINDS
+    plots.validate({"kind": "lr_vs_loss", "name": "x", "panels": "model.qk_layernorm"}, "f")
+    with pytest.raises(ConfigError, match=r"f\.kind: unknown figure 'lr_vs_los'; valid: lr_vs_loss"):
+        plots.validate({"kind": "lr_vs_los", "name": "x"}, "f")
+    with pytest.raises(ConfigError, match="f.panel: not an argument of lr_vs_loss .did you mean 'panels'.*"):
+        plots.validate({"kind": "lr_vs_loss", "name": "x", "panel": "model.qk_layernorm"}, "f")
+    with pytest.raises(ConfigError, match="f: .*missing a required argument: 'lines'"):
+        plots.validate({"kind": "sensitivity_vs_n", "name": "x"}, "f")
+
+
+def test_experiment_with_a_bad_figure_or_claim_fails_to_load(tmp_path, monkeypatch):
+    import shutil
+
+    for f in ("scales.yaml", "fig1.yaml"):
+        shutil.copy(reproduce.EXPERIMENTS / f, tmp_path / f)
+    monkeypatch.setattr(reproduce, "EXPERIMENTS", tmp_path)
+    monkeypatch.setattr(reproduce, "SCALES_FILE", tmp_path / "scales.yaml")
+    assert reproduce.load("fig1")["scales"]["micro"]["spec"]["members"]["lr"][0] == 3.0e-4  # the named grid
+    text = (tmp_path / "fig1.yaml").read_text()
+    (tmp_path / "fig1.yaml").write_text(text.replace("check: sensitivity_lower", "check: sensitivity_lowr"))
+    with pytest.raises(ConfigError, match=r"fig1\.claims\[0\]\.check: unknown check 'sensitivity_lowr'"):
+        reproduce.load("fig1")
+    (tmp_path / "fig1.yaml").write_text(text.replace("better: head", "bettr: head"))
+    with pytest.raises(ConfigError, match=r"fig1\.claims\[0\]\.args\.bettr: not an argument of sensitivity_lower "
+                       r"\(did you mean 'better'\?\)"):
+        reproduce.load("fig1")
+    (tmp_path / "fig1.yaml").write_text(text.replace("members: {lr: paper}", "members: {lr: papr}"))
+    with pytest.raises(ConfigError, match=r"members\.lr: unknown grid 'papr'; valid: paper"):
+        reproduce.load("fig1")

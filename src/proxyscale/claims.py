@@ -12,7 +12,10 @@ from typing import Any
 
 import polars as pl
 
+from . import table
 from .analysis import sensitivity_frame
+from .config import ConfigError, check_call
+from .table import col, is_
 
 
 @dataclass
@@ -34,43 +37,17 @@ def check(fn: Callable[..., tuple[bool, str]]) -> Callable[..., tuple[bool, str]
     return fn
 
 
-def _col(axis: str) -> str:
-    """A results column: ``member.*``, ``label.*`` and measured columns as they are, a config path as its label."""
-    if axis.startswith(("label.", "member.")) or "/" in axis or axis in MEASURED:
-        return axis
-    return f"label.{axis}"
-
-
-MEASURED = ("n_params", "l0", "final_eval_loss", "diverged", "output_logit_mean", "log_z_mean", "grad_norm")
-
-
-def _where(results: pl.DataFrame, where: dict[str, Any] | None) -> pl.DataFrame:
-    """Filter rows: {column: value} equality, or {column: {min: a, max: b}}."""
-    for col, cond in (where or {}).items():
-        c = pl.col(_col(col))
-        if isinstance(cond, dict):
-            if "min" in cond:
-                results = results.filter(c >= cond["min"])
-            if "max" in cond:
-                results = results.filter(c <= cond["max"])
-        elif isinstance(cond, float):
-            results = results.filter((c - cond).abs() <= 1e-9 * abs(cond))
-        else:
-            results = results.filter(c == cond)
-    return results
-
-
 def _sens(results: pl.DataFrame, axis: str, per: str = "label.size") -> pl.DataFrame:
-    keys = list(dict.fromkeys(["label.size", _col(per), _col(axis)]))
+    keys = list(dict.fromkeys(["label.size", col(per), col(axis)]))
     return sensitivity_frame(results, keys).sort("n_params")
 
 
 def _paired(results: pl.DataFrame, axis: str, a: Any, b: Any, column: str = "lr_sensitivity",
             per: str = "label.size") -> tuple[list[Any], list[float], list[float]]:
     """Per ``per`` group (sorted by N): (keys, column with axis == a, column with axis == b) of the sensitivity frame."""
-    s, c, p = _sens(results, axis, per), _col(axis), _col(per)
-    left = s.filter(pl.col(c) == a).select(p, "n_params", pl.col(column).alias("a"))
-    right = s.filter(pl.col(c) == b).select(p, pl.col(column).alias("b"))
+    s, p = _sens(results, axis, per), col(per)
+    left = s.filter(is_(axis, a)).select(p, "n_params", pl.col(column).alias("a"))
+    right = s.filter(is_(axis, b)).select(p, pl.col(column).alias("b"))
     both = left.join(right, on=p).sort("n_params")
     return both[p].to_list(), both["a"].to_list(), both["b"].to_list()
 
@@ -86,7 +63,7 @@ def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any,
                       per: str = "label.size", where: dict[str, Any] | None = None) -> tuple[bool, str]:
     """The LR sensitivity with ``axis == better`` is below that with ``axis == worse`` in every ``per`` group
     (every size by default; ``at_least: most`` for a majority)."""
-    keys, xs, ys = _paired(_where(results, where), axis, better, worse, per=per)
+    keys, xs, ys = _paired(table.where(results, where), axis, better, worse, per=per)
     pairs = "; ".join(f"{k}: {a:.3f} vs {b:.3f}" for k, a, b in zip(keys, xs, ys))
     return _wins(xs, ys, at_least), f"LR sensitivity {axis}={better} vs {worse} — {pairs}"
 
@@ -94,7 +71,7 @@ def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any,
 @check
 def sensitivity_increases_with_n(results: pl.DataFrame, axis: str, value: Any) -> tuple[bool, str]:
     """With ``axis == value``, the LR sensitivity of the largest size exceeds that of the smallest."""
-    s = _sens(results, axis).filter(pl.col(_col(axis)) == value)
+    s = _sens(results, axis).filter(is_(axis, value))
     vals = s["lr_sensitivity"].to_list()
     detail = ", ".join(f"{n / 1e3:.0f}k: {v:.3f}" for n, v in zip(s["n_params"], vals))
     return len(vals) >= 2 and vals[-1] > vals[0], f"{axis}={value}: sensitivity by N — {detail}"
@@ -105,15 +82,14 @@ def ratio_at_least(results: pl.DataFrame, column: str, axis: str, high: Any, low
                    lr: float | None = None, where: dict[str, Any] | None = None, absolute: bool = False) -> tuple[bool, str]:
     """mean(column | axis == high) >= factor · mean(column | axis == low), at LR ``lr`` if given, every size
     (``absolute``: of |column|, e.g. how far the mean output logit or log Z is from 0)."""
-    r = _where(results, where)
+    r = table.where(results, where)
     if absolute:
         r = r.with_columns(pl.col(column).abs())
-    r = r if lr is None else r.filter((pl.col("member.lr") - lr).abs() < 1e-12 * max(1.0, lr))
-    c = _col(axis)
+    r = r if lr is None else table.at_lr(r, lr)
     parts, ok = [], True
     for size, part in r.group_by("label.size", maintain_order=True):
-        hi = part.filter(pl.col(c) == high)[column].mean()
-        lo = part.filter(pl.col(c) == low)[column].mean()
+        hi = part.filter(is_(axis, high))[column].mean()
+        lo = part.filter(is_(axis, low))[column].mean()
         if hi is None or lo is None:
             continue
         ok &= hi >= factor * lo
@@ -137,13 +113,13 @@ def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | 
           where: dict[str, Any] | None = None, logy: bool = True) -> tuple[bool, str]:
     """The slope of ``column`` (log10 unless ``logy`` is false) against log10(``along``) has the sign ``sign``
     in every ``per`` group (per row means of ``column`` at each ``along`` value)."""
-    r = _where(results, where)
-    col, x = _col(column), _col(along)
+    r = table.where(results, where)
+    y, x = col(column), col(along)
     groups = r.group_by(per, maintain_order=True) if per else [(("all",), r)]
     parts, ok = [], True
     for key, part in groups:
-        agg = part.group_by(x).agg(pl.col(col).mean()).sort(x)
-        slope = _slope(agg[x].to_list(), agg[col].to_list(), logy)
+        agg = part.group_by(x).agg(pl.col(y).mean()).sort(x)
+        slope = _slope(agg[x].to_list(), agg[y].to_list(), logy)
         ok &= slope == slope and (slope > 0 if sign > 0 else slope < 0)
         parts.append(f"{key[0]}: slope {slope:+.3g}")
     word = "rises" if sign > 0 else "falls"
@@ -151,8 +127,7 @@ def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | 
 
 
 def _best_lrs(results: pl.DataFrame, axis: str, value: Any) -> pl.DataFrame:
-    c = _col(axis)
-    return sensitivity_frame(results.filter(pl.col(c) == value), ["label.size"]).sort("n_params")
+    return sensitivity_frame(results.filter(is_(axis, value)), ["label.size"]).sort("n_params")
 
 
 @check
@@ -161,7 +136,7 @@ def best_lr_spread_smaller(results: pl.DataFrame, axis: str, narrower: Any, wide
     """Across sizes, the best LR varies less (in log10 range) with ``axis == narrower`` than with ``wider``."""
     import math
 
-    results = _where(results, where)
+    results = table.where(results, where)
     spreads, parts = {}, []
     for v in (narrower, wider):
         b = _best_lrs(results, axis, v)
@@ -174,11 +149,11 @@ def best_lr_spread_smaller(results: pl.DataFrame, axis: str, narrower: Any, wide
 @check
 def best_lr_shifts_right(results: pl.DataFrame, axis: str, order: list[Any]) -> tuple[bool, str]:
     """At every size the best LR does not fall along ``order`` of ``axis`` values, and rises somewhere."""
-    c = _col(axis)
+    c = col(axis)
     s = sensitivity_frame(results, ["label.size", c])
     ok, rose, parts = True, False, []
     for size, part in s.group_by("label.size", maintain_order=True):
-        lrs = [part.filter(pl.col(c) == v)["best_lr"].item() for v in order]
+        lrs = [part.filter(is_(axis, v))["best_lr"].item() for v in order]
         ok &= all(b >= a for a, b in zip(lrs, lrs[1:]))
         rose |= lrs[-1] > lrs[0]
         parts.append(f"{size[0]}: " + " → ".join(f"{x:g}" for x in lrs))
@@ -189,10 +164,9 @@ def best_lr_shifts_right(results: pl.DataFrame, axis: str, order: list[Any]) -> 
 def sensitivity_not_lower(results: pl.DataFrame, axis: str, value: Any, baseline: Any, tolerance: float = 0.1,
                           where: dict[str, Any] | None = None) -> tuple[bool, str]:
     """The mean LR sensitivity with ``axis == value`` is not below the baseline's by more than ``tolerance`` (relative)."""
-    s = _sens(_where(results, where), axis)
-    c = _col(axis)
-    a = s.filter(pl.col(c) == value)["lr_sensitivity"].mean()
-    b = s.filter(pl.col(c) == baseline)["lr_sensitivity"].mean()
+    s = _sens(table.where(results, where), axis)
+    a = s.filter(is_(axis, value))["lr_sensitivity"].mean()
+    b = s.filter(is_(axis, baseline))["lr_sensitivity"].mean()
     return a >= (1 - tolerance) * b, f"mean LR sensitivity {axis}={value}: {a:.3f} vs {baseline}: {b:.3f} (tolerance {tolerance:.0%})"
 
 
@@ -201,11 +175,10 @@ def norms_explain_logits(results: pl.DataFrame, lr: float, axis: str, high: Any,
     """Appendix E.1: between ``axis == low`` and ``high`` the growth of the max logit is mostly norm growth.
     logit = ‖q‖·‖k‖·cos/sqrt(d_head), so (logit ratio) = (norm-product ratio) × (implied alignment ratio);
     reproduced when the norm-product ratio is at least the alignment ratio at every size."""
-    r = results.filter((pl.col("member.lr") - lr).abs() <= 1e-9 * lr)
-    c = _col(axis)
+    r = table.at_lr(results, lr)
     parts, ok = [], True
     for size, part in r.group_by("label.size", maintain_order=True):
-        hi, lo = part.filter(pl.col(c) == high), part.filter(pl.col(c) == low)
+        hi, lo = part.filter(is_(axis, high)), part.filter(is_(axis, low))
         if hi.height == 0 or lo.height == 0:
             continue
         norms = (hi["q_norm/0"].mean() * hi["k_norm/0"].mean()) / (lo["q_norm/0"].mean() * lo["k_norm/0"].mean())
@@ -229,10 +202,9 @@ def gap_grows_with_n(results: pl.DataFrame, axis: str, better: Any, worse: Any) 
 def sensitivity_slope_larger(results: pl.DataFrame, axis: str, steeper: Any, flatter: Any) -> tuple[bool, str]:
     """LR sensitivity rises faster with log10 N when scaling along ``steeper`` than along ``flatter`` (Fig 7)."""
     s = _sens(results, axis)
-    c = _col(axis)
     slopes = {}
     for v in (steeper, flatter):
-        part = s.filter(pl.col(c) == v).sort("n_params")
+        part = s.filter(is_(axis, v)).sort("n_params")
         slopes[v] = _slope(part["n_params"].to_list(), part["lr_sensitivity"].to_list(), logy=False)
     return slopes[steeper] > slopes[flatter], "slope of LR sensitivity per decade of N — " + "; ".join(
         f"{axis}={v}: {slopes[v]:+.3f}" for v in (steeper, flatter))
@@ -249,20 +221,20 @@ def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, a
 @check
 def trains_at(results: pl.DataFrame, lr: float, where: dict[str, Any] | None = None, gain: float = 1.0) -> tuple[bool, str]:
     """Every run at LR ``lr`` (matching ``where``) finishes undiverged, ``gain`` nats or more below ℓ0."""
-    r = _where(results, where).filter((pl.col("member.lr") - lr).abs() <= 1e-9 * lr)
+    r = table.at_lr(table.where(results, where), lr)
     parts = [f"{row['label.size']}: {row['final_eval_loss']:.3f} (ℓ0 {row['l0']:.2f})" for row in r.iter_rows(named=True)]
     ok = r.height > 0 and all((not row["diverged"]) and row["final_eval_loss"] <= row["l0"] - gain
                               for row in r.iter_rows(named=True))
     return ok, f"final loss at LR {lr:g} — " + "; ".join(parts)
 
 
-def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, column: str = "attn_logit_max/0@step",
+def prediction_table(results: pl.DataFrame, fit_sizes: int | None = None, degree: int = 1, column: str = "attn_logit_max/0@step",
                      margin: float = 0.1, axis: str = "model.qk_layernorm", value: Any = "off",
                      reference: Any = "head") -> dict[str, Any]:
     """Fig 9 as an out-of-sample test, on the runs with ``axis == value`` (qk-layernorm off).
 
-    Per LR: fit log10(logit) against log10(N) on the ``fit_sizes`` smallest sizes and extrapolate to the next size,
-    which the fit never saw. A run is *unstable* when its final loss is worse by more than ``margin`` nats than the
+    Per LR: fit log10(logit) against log10(N) on the ``fit_sizes`` smallest sizes (default: all but the largest)
+    and extrapolate to the next size, which the fit never saw. A run is *unstable* when its final loss is worse by more than ``margin`` nats than the
     run of the same size and LR with ``axis == reference`` (qk-layernorm on: the logit growth is what cost it), or
     when it diverged. The logit threshold is calibrated on the fitted sizes: the geometric mean of the largest stable
     and the smallest unstable logit, when they separate."""
@@ -270,13 +242,15 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, col
 
     from .analysis import fit_log, predict
 
-    c = _col(axis)
     # joined on the size label: qk-layernorm's scales make N differ slightly between the two variants
-    ref = results.filter(pl.col(c) == reference).select("label.size", "member.lr", pl.col("final_eval_loss").alias("ref_loss"))
-    r = results.filter((pl.col(c) == value) & pl.col(column).is_not_null())
+    ref = results.filter(is_(axis, reference)).select("label.size", "member.lr", pl.col("final_eval_loss").alias("ref_loss"))
+    r = results.filter(is_(axis, value) & pl.col(column).is_not_null())
     r = r.join(ref, on=["label.size", "member.lr"], how="left").with_columns(
         ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("ref_loss") + margin) | pl.col("diverged")).alias("unstable"))
     sizes = r.select("n_params").unique().sort("n_params")["n_params"].to_list()
+    fit_sizes = len(sizes) - 1 if fit_sizes is None else fit_sizes
+    if not 1 <= fit_sizes < len(sizes):
+        raise ValueError(f"fit_sizes={fit_sizes}: need at least one fitted and one held-out size, have {len(sizes)}")
     fit_n, held = sizes[:fit_sizes], sizes[fit_sizes]
     fitted = r.filter(pl.col("n_params").is_in(fit_n))
     stable_max = fitted.filter(~pl.col("unstable"))[column].max()
@@ -285,7 +259,7 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, col
     threshold = math.sqrt(stable_max * unstable_min) if separable else None
     rows = []
     for lr in sorted(r["member.lr"].unique().to_list()):
-        part = r.filter(pl.col("member.lr") == lr)
+        part = table.at_lr(r, lr)
         pts = part.filter(pl.col("n_params").is_in(fit_n)).sort("n_params")
         fit = fit_log(pts["n_params"].to_list(), pts[column].to_list(), degree)
         pred, lo, hi = predict(fit, held)
@@ -299,7 +273,7 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int, degree: int = 1, col
 
 
 @check
-def prediction(results: pl.DataFrame, fit_sizes: int, degree: int = 1, factor: float = 3.0, margin: float = 0.1,
+def prediction(results: pl.DataFrame, fit_sizes: int | None = None, degree: int = 1, factor: float = 3.0, margin: float = 0.1,
                axis: str = "model.qk_layernorm", value: Any = "off", reference: Any = "head") -> tuple[bool, str]:
     """Fig 9: the extrapolated logit is within ``factor`` of the measured one at most LRs, and the threshold
     (calibrated on the fitted sizes) predicts which held-out runs are unstable, at every LR."""
@@ -315,6 +289,15 @@ def prediction(results: pl.DataFrame, fit_sizes: int, degree: int = 1, factor: f
                   f"{'unstable' if r['predicted_unstable'] else 'stable' if r['predicted_unstable'] is not None else '?'})"
                   for r in t["rows"]))
     return sum(close) > len(close) / 2 and all(calls), detail
+
+
+def validate(claim: dict[str, Any], where: str) -> None:
+    """One claim entry of an experiment file: text, a known check, and arguments the check accepts."""
+    if not isinstance(claim, dict) or not claim.get("text") or "check" not in claim:
+        raise ConfigError(f"{where}: expected a mapping with text, check and args")
+    if claim["check"] not in CHECKS:
+        raise ConfigError(f"{where}.check: unknown check {claim['check']!r}; valid: {', '.join(CHECKS)}")
+    check_call(CHECKS[claim["check"]], f"{where}.args", None, **(claim.get("args") or {}))
 
 
 def evaluate(claims: list[dict[str, Any]], results: pl.DataFrame) -> list[Verdict]:

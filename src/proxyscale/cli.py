@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import config as config_mod
@@ -55,9 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.set)
     out = Path(args.out)
     k = len(cfg.member_list())
-    from .model import count_params
-
     from .device import resolve_compile, resolve_device, resolve_precision
+    from .model import count_params
 
     device = resolve_device(cfg.train.device)
     console.print(f"group: {k} member{'s' if k > 1 else ''}, width {cfg.model.width}, depth {cfg.model.depth}, "
@@ -185,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("reproduce", help="run an experiment of the paper: sweep, figures, verdicts, report")
     p.add_argument("name", help="experiment name (see: proxyscale list) or all")
-    p.add_argument("--scale", default="micro", choices=["micro", "small", "paper"])
+    p.add_argument("--scale", default="micro", choices=["micro", "mini", "small", "paper"],
+                   help="micro: minutes on a CPU; mini: minutes per experiment on one GPU; small: one 80 GB GPU; "
+                   "paper: the paper's schedule")
     p.add_argument("--out", default="runs/reproduce", help="output root (default runs/reproduce)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_reproduce)

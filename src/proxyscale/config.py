@@ -200,8 +200,8 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Literal:
-        if where.endswith("qk_layernorm") and isinstance(value, bool):
-            return "head" if value else "off"
+        if isinstance(value, bool) and "off" in args:  # YAML 1.1 reads unquoted off/on/true/false as booleans
+            return "off" if not value else "head" if where.endswith("qk_layernorm") else "on"
         if value not in args:
             raise ConfigError(f"{where}: got {value!r}; valid: {', '.join(map(str, args))}")
         return value
@@ -229,6 +229,46 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{where}: expected text, got {value!r}")
         return str(value)
     raise AssertionError(f"unhandled annotation {annotation} for {where}")
+
+
+def check_call(fn: Any, where: str, /, *args: Any, **kwargs: Any) -> None:
+    """Raise ConfigError at ``where`` unless ``fn(*args, **kwargs)`` fits ``fn``'s signature (the arguments an
+    experiment file gives a claim check or a figure)."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    valid = list(sig.parameters)[len(args):]
+    for key in kwargs:
+        if key not in sig.parameters:
+            raise ConfigError(f"{where}.{key}: not an argument of {fn.__name__}{_suggest(key, valid)}")
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err} for {fn.__name__}; its arguments: {', '.join(valid)}") from None
+
+
+def is_path(path: str) -> bool:
+    """Whether ``path`` names a config field (``section.field``) or a member scalar (``lr``, ``warmup``, ...)."""
+    section, _, name = path.partition(".")
+    if not name:
+        return path in MEMBER_SCALARS
+    return section in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[section])}
+
+
+def coerce_path(path: str, value: Any) -> Any:
+    """``value`` validated as the field ``path`` (``section.field`` or a member scalar) would be; ConfigError if
+    it is not a valid value of that field."""
+    section, _, name = path.partition(".")
+    if not name:
+        hints = {**typing.get_type_hints(OptimConfig), "seed": int}
+        return _coerce(f"members.{path}", value, hints[path])
+    return _coerce(path, value, typing.get_type_hints(SECTIONS[section])[name])
+
+
+def get_path(cfg: GroupConfig, path: str) -> Any:
+    """The validated value of ``section.field`` in ``cfg``."""
+    section, _, name = path.partition(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def _section(name: str, cls: type, raw: Any) -> Any:

@@ -9,11 +9,11 @@ locally with `tokenizers` and cached on disk, keyed by the corpus digest and the
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import random
 from dataclasses import dataclass
-import importlib.util
 from pathlib import Path
 
 import numpy as np

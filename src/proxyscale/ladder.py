@@ -9,6 +9,10 @@ LADDERS: dict[str, list[dict[str, int]]] = {
     # micro: CPU minutes; head dim 32 (inferred: the smallest width that still has heads to scale)
     "micro": [{"width": 32, "depth": 1, "heads": 1}, {"width": 64, "depth": 2, "heads": 2},
               {"width": 96, "depth": 3, "heads": 3}, {"width": 128, "depth": 4, "heads": 4}],
+    # mini: micro's ladder and a fifth size that Fig 9 holds out of its fit; head dim 32
+    "mini": [{"width": 32, "depth": 1, "heads": 1}, {"width": 64, "depth": 2, "heads": 2},
+             {"width": 96, "depth": 3, "heads": 3}, {"width": 128, "depth": 4, "heads": 4},
+             {"width": 160, "depth": 5, "heads": 5}],
     # small: one GPU; head dim 64 (inferred)
     "small": [{"width": 256, "depth": 3, "heads": 4}, {"width": 384, "depth": 4, "heads": 6},
               {"width": 512, "depth": 6, "heads": 8}, {"width": 768, "depth": 8, "heads": 12},

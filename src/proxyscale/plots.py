@@ -1,7 +1,13 @@
-"""Paper-style figures (PNG + SVG): log-x LR axes, one line per size coloured by size, sensitivity vs N."""
+"""Paper-style figures (PNG + SVG): log-x LR axes, one line per size coloured by size, sensitivity vs N.
+
+Figures are registered by kind in ``FIGURES``, like the claim checks: an experiment file names a ``kind`` and its
+arguments, ``validate`` checks them before anything runs and ``draw`` makes the files. Every figure takes the
+results table, the output path (no suffix), a ``title`` and the ``pool`` of group folders (for per-step curves).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +18,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
+from . import table  # noqa: E402
 from .analysis import sensitivity_frame  # noqa: E402
-from .claims import _col  # noqa: E402
+from .config import ConfigError, check_call  # noqa: E402
+from .table import col  # noqa: E402
+
+FIGURES: dict[str, Callable[..., list[Path]]] = {}
+
+
+def figure(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
+    FIGURES[fn.__name__] = fn
+    return fn
+
+
+SPEC_KEYS = ("kind", "name", "where")
+"""Keys of a figure entry that are not arguments of its function: the kind, the file name and a row filter."""
+
+
+def validate(fig: dict[str, Any], where: str) -> None:
+    """One figure entry of an experiment file: a known kind, a name, and arguments its function accepts."""
+    if not isinstance(fig, dict) or "kind" not in fig or "name" not in fig:
+        raise ConfigError(f"{where}: expected a mapping with kind, name and the figure's arguments")
+    if fig["kind"] not in FIGURES:
+        raise ConfigError(f"{where}.kind: unknown figure {fig['kind']!r}; valid: {', '.join(FIGURES)}")
+    args = {k: v for k, v in fig.items() if k not in SPEC_KEYS}
+    check_call(FIGURES[fig["kind"]], where, None, None, title="", pool=None, **args)
+
+
+def draw(fig: dict[str, Any], results: pl.DataFrame, path: Path, title: str, pool: Path) -> list[Path]:
+    """Make one figure entry (validated) from the rows matching its ``where``."""
+    args = {k: v for k, v in fig.items() if k not in SPEC_KEYS}
+    return FIGURES[fig["kind"]](table.where(results, fig.get("where")), path, title=title, pool=pool, **args)
 
 
 def _save(fig: Any, path: Path) -> list[Path]:
@@ -39,20 +74,17 @@ def _style(ax: Any, xlabel: str, ylabel: str, title: str = "", logy: bool = Fals
     ax.legend(fontsize=legend)
 
 
-def _sizes(results: pl.DataFrame) -> list[str]:
-    return results.sort("n_params")["label.size"].unique(maintain_order=True).to_list()
-
-
-def lr_vs_loss(results: pl.DataFrame, path: Path, panels: str | None = None, title: str = "") -> list[Path]:
+@figure
+def lr_vs_loss(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
+               panels: str | None = None) -> list[Path]:
     """Final eval loss against peak LR, one line per size (viridis by size), one panel per ``panels`` value;
     losses above ℓ0 or NaN are drawn at ℓ0, as the LR sensitivity counts them."""
-    col = _col(panels) if panels else None
-    values = results[col].unique(maintain_order=True).to_list() if col else [None]
-    sizes = _sizes(results)
+    values = table.values(results, panels) if panels else [None]
+    sizes = table.sizes(results)
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.4), sharey=True, squeeze=False)
     for ax, v in zip(axes[0], values):
-        part = results if col is None else results.filter(pl.col(col) == v)
+        part = results if panels is None else results.filter(table.is_(panels, v))
         for i, size in enumerate(sizes):
             s = part.filter(pl.col("label.size") == size).sort("member.lr")
             if s.height == 0:
@@ -61,30 +93,37 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, panels: str | None = None, tit
             ax.plot(s["member.lr"], loss, marker="o", ms=3, color=cmap(i / max(1, len(sizes) - 1)), label=size)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
-        ax.set_title(f"{panels} = {v}" if col else title, fontsize=10)
+        ax.set_title(f"{panels} = {v}" if panels else title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final eval loss")
     axes[0][-1].legend(fontsize=7, title="size", title_fontsize=7)
-    if title and col:
+    if title and panels:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
-def sensitivity_vs_n(results: pl.DataFrame, path: Path, lines: str, title: str = "") -> list[Path]:
+@figure
+def sensitivity_vs_n(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
+                     lines: str) -> list[Path]:
     """LR sensitivity against non-embedding parameters N, one line per value of ``lines``."""
-    col = _col(lines)
-    s = sensitivity_frame(results, ["label.size", col])
+    s = sensitivity_frame(results, ["label.size", col(lines)])
     fig, ax = plt.subplots(figsize=(4.2, 3.4))
-    for v in s[col].unique(maintain_order=True).to_list():
-        part = s.filter(pl.col(col) == v).sort("n_params")
+    for v in table.values(s, lines):
+        part = s.filter(table.is_(lines, v)).sort("n_params")
         ax.plot(part["n_params"], part["lr_sensitivity"], marker="o", label=f"{lines} = {v}")
-    _style(ax, "non-embedding parameters N", "LR sensitivity", title)
+    _style(ax, "non-embedding parameters N", "LR sensitivity", "LR sensitivity vs N")
     return _save(fig, path)
 
 
-def over_steps(metrics: dict[str, pl.DataFrame], path: Path, columns: list[str], title: str = "",
-               logy: tuple[bool, ...] = ()) -> list[Path]:
-    """Diagnostics over training steps, one line per labelled run (e.g. qk-layernorm on/off)."""
+@figure
+def over_steps(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None, lr: float,
+               lines: str, columns: list[str], logy: list[bool] | None = None) -> list[Path]:
+    """Diagnostics over training steps of the runs at LR ``lr``, one line per size and value of ``lines``."""
+    rows = table.at_lr(results, lr)
+    curves = table.curves(rows, pool)
+    metrics = {f"{r['label.size']}, {lines}={r[col(lines)]}": curves[(r["group"], r["member"])]
+               for r in rows.iter_rows(named=True)}
+    logy = logy or []
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
     for j, column in enumerate(columns):
         ax = axes[0][j]
@@ -102,26 +141,25 @@ def over_steps(metrics: dict[str, pl.DataFrame], path: Path, columns: list[str],
     return _save(fig, path)
 
 
-def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: str = "label.size", title: str = "",
-              logx: bool = True, logy: bool | list[bool] = True, where: dict[str, Any] | None = None,
+@figure
+def metric_vs(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None, x: str,
+              y: list[str], lines: str = "label.size", logx: bool = True, logy: bool | list[bool] = True,
               vline: str | None = None) -> list[Path]:
     """Each of ``y`` (one panel each) against ``x``, one line per value of ``lines`` (mean over other rows).
     ``vline`` names a column whose mean is drawn as a dashed vertical line (e.g. the measured gradient RMS)."""
-    from .claims import _where
-
-    r = _where(results, where)
-    xc, lc = _col(x), _col(lines)
-    keys = r.sort("n_params")[lc].unique(maintain_order=True).to_list()
+    r = results
+    xc, lc = col(x), col(lines)
+    keys = table.values(r.sort("n_params"), lines)
     cmap = plt.get_cmap("viridis")
     logys = logy if isinstance(logy, list) else [logy] * len(y)
     fig, axes = plt.subplots(1, len(y), figsize=(4.6 * len(y), 3.4), squeeze=False)
-    for ax, col, log_this in zip(axes[0], y, logys):
-        yc = _col(col)
+    for ax, name, log_this in zip(axes[0], y, logys):
+        yc = table.col(name)
         for i, key in enumerate(keys):
             part = r.filter(pl.col(lc) == key).group_by(xc).agg(pl.col(yc).mean()).sort(xc)
             ax.plot(part[xc], part[yc], marker="o", ms=3, color=cmap(i / max(1, len(keys) - 1)), label=str(key))
         if vline is not None:
-            v = r[_col(vline)].mean()
+            v = r[col(vline)].mean()
             if v is not None:
                 ax.axvline(v, ls="--", color="grey", lw=1, label=f"{vline} ≈ {v:.2g}")
         if logx:
@@ -129,7 +167,7 @@ def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: st
         if log_this:
             ax.set_yscale("symlog" if (r[yc].min() or 0) <= 0 else "log")
         ax.set_xlabel(x.removeprefix("member.").removeprefix("label."))
-        ax.set_ylabel(col)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, title=lines.removeprefix("label."), title_fontsize=7)
     if title:
@@ -137,8 +175,9 @@ def metric_vs(results: pl.DataFrame, path: Path, x: str, y: list[str], lines: st
     return _save(fig, path)
 
 
-def prediction(results: pl.DataFrame, path: Path, fit_sizes: int, degree: int = 1, margin: float = 0.1,
-               title: str = "") -> list[Path]:
+@figure
+def prediction(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
+               fit_sizes: int | None = None, degree: int = 1, margin: float = 0.1) -> list[Path]:
     """Fig 9: max attention logit at a fixed step against N per LR; fit on the small sizes (lines), the
     extrapolation to the held-out size (open marker with its ±1σ band) and the measured value there (filled)."""
     import numpy as np
@@ -147,13 +186,13 @@ def prediction(results: pl.DataFrame, path: Path, fit_sizes: int, degree: int = 
     from .claims import prediction_table
 
     t = prediction_table(results, fit_sizes, degree, margin=margin)
-    r = results.filter(pl.col("attn_logit_max/0@step").is_not_null() & (pl.col("label.model.qk_layernorm") == "off"))
+    r = results.filter(pl.col("attn_logit_max/0@step").is_not_null() & table.is_("model.qk_layernorm", "off"))
     cmap = plt.get_cmap("plasma")
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     xs = np.geomspace(min(t["fit_n"]), t["held_out_n"] * 1.2, 50)
     for i, row in enumerate(t["rows"]):
         c = cmap(i / max(1, len(t["rows"]) - 1))
-        part = r.filter(pl.col("member.lr") == row["lr"]).sort("n_params")
+        part = table.at_lr(r, row["lr"]).sort("n_params")
         ax.plot(part["n_params"], part["attn_logit_max/0@step"], "o", color=c, ms=4)
         ax.plot(xs, [predict(row["fit"], x)[0] for x in xs], "-", color=c, lw=1, label=f"LR {row['lr']:g}")
         ax.errorbar([t["held_out_n"]], [row["predicted"]], yerr=[[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]]

@@ -15,7 +15,10 @@ from . import plots, store, sweep
 from .config import ConfigError
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
-SCALES = ("micro", "small", "paper")
+SCALES_FILE = EXPERIMENTS / "scales.yaml"
+SCALES = ("micro", "mini", "small", "paper")
+"""micro: minutes on a laptop CPU; mini: minutes per experiment on one GPU (the paper's scaling claims);
+small: one 80 GB GPU; paper: the paper's schedule. Their base settings live in experiments/scales.yaml."""
 
 
 def names() -> list[str]:
@@ -24,53 +27,57 @@ def names() -> list[str]:
         prefix = 0 if name.startswith("fig") else 1 if name.startswith("e") else 2
         return prefix, int("".join(ch for ch in name if ch.isdigit()) or 0)
 
-    return sorted((p.stem for p in EXPERIMENTS.glob("*.yaml")), key=key)
+    return sorted((p.stem for p in EXPERIMENTS.glob("*.yaml") if p != SCALES_FILE), key=key)
 
 
-def load(name: str) -> dict[str, Any]:
-    path = EXPERIMENTS / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())} or all (see: proxyscale list)")
+def _read(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
 
-def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path) -> list[str]:
+def scales() -> dict[str, Any]:
+    """experiments/scales.yaml: ``lr_grids`` (named LR grids) and ``scales`` (each scale's why, device, spec)."""
+    return _read(SCALES_FILE)
+
+
+def _named_grids(spec: dict[str, Any], grids: dict[str, list[float]], where: str) -> dict[str, Any]:
+    """Replace an LR grid given by name (``members: {lr: paper}``) with its values, in ``spec`` and its parts."""
+    for i, sub in enumerate([spec, *(spec.get("parts") or [])]):
+        lr = (sub.get("members") or {}).get("lr")
+        if isinstance(lr, str):
+            if lr not in grids:
+                raise ConfigError(f"{where}{'' if i == 0 else f'.parts[{i - 1}]'}.members.lr: unknown grid {lr!r}; "
+                                  f"valid: {', '.join(grids)} (experiments/scales.yaml) or a list of LRs")
+            sub["members"] = {**sub["members"], "lr": list(grids[lr])}
+    return spec
+
+
+def load(name: str) -> dict[str, Any]:
+    """Experiment ``name`` with each scale's spec resolved (scales.yaml, then the file's ``spec``, then its
+    ``scales.<scale>.spec``) and its figures and claims validated; ConfigError names the bad entry."""
+    path = EXPERIMENTS / f"{name}.yaml"
+    if not path.exists() or path == SCALES_FILE:
+        raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())} or all (see: proxyscale list)")
+    exp, shared = _read(path), scales()
+    resolved = {}
+    for scale, body in exp["scales"].items():
+        if scale not in shared["scales"]:
+            raise ConfigError(f"{name}.scales.{scale}: unknown scale; valid: {', '.join(shared['scales'])}")
+        spec = sweep.merge(sweep.merge(shared["scales"][scale]["spec"], exp.get("spec") or {}), body.get("spec") or {})
+        spec = {k: v for k, v in spec.items() if v is not None}  # `sizes: null` drops the scale's ladder
+        resolved[scale] = {**body, "spec": _named_grids(spec, shared["lr_grids"], f"{name}.scales.{scale}.spec")}
+    for i, fig in enumerate(exp.get("figures") or []):
+        plots.validate(fig, f"{name}.figures[{i}]")
+    for i, claim in enumerate(exp.get("claims") or []):
+        claims_mod.validate(claim, f"{name}.claims[{i}]")
+    return {**exp, "scales": resolved}
+
+
+def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) -> list[str]:
     made = []
-    fig_dir = out / "figures"
-    all_results = results
     for fig in exp.get("figures", []):
-        path = fig_dir / f"{exp['name']}_{fig['name']}"
-        kind = fig["kind"]
-        results = claims_mod._where(all_results, fig.get("where")) if kind != "metric_vs" else all_results
-        if kind == "lr_vs_loss":
-            made += plots.lr_vs_loss(results, path, panels=fig.get("panels"), title=exp["title"])
-        elif kind == "sensitivity_vs_n":
-            made += plots.sensitivity_vs_n(results, path, lines=fig["lines"], title="LR sensitivity vs N")
-        elif kind == "over_steps":
-            made += plots.over_steps(_curves(results, out, fig), path, fig["columns"], title=exp["title"],
-                                     logy=tuple(fig.get("logy", ())))
-        elif kind == "metric_vs":
-            made += plots.metric_vs(results, path, fig["x"], fig["y"], lines=fig.get("lines", "label.size"),
-                                    title=exp["title"], logx=fig.get("logx", True), logy=fig.get("logy", True),
-                                    where=fig.get("where"), vline=fig.get("vline"))
-        elif kind == "prediction":
-            made += plots.prediction(results, path, fig["fit_sizes"], fig.get("degree", 1), fig.get("margin", 0.1),
-                                     title=exp["title"])
-        else:
-            raise ConfigError(f"{exp['name']}.figures: unknown kind {kind!r}")
+        made += plots.draw(fig, results, out / "figures" / f"{exp['name']}_{fig['name']}", exp["title"], pool)
     return [str(p.relative_to(out)) for p in made]
-
-
-def _curves(results: pl.DataFrame, out: Path, fig: dict[str, Any]) -> dict[str, pl.DataFrame]:
-    """Per-step metrics of the members at LR ``fig['lr']``, labelled by size and the ``lines`` axis."""
-    curves = {}
-    rows = results.filter((pl.col("member.lr") - fig["lr"]).abs() < 1e-12)
-    for row in rows.iter_rows(named=True):
-        metrics = pl.read_parquet(out.parent / "groups" / row["group"] / "metrics.parquet")
-        member = metrics.filter(pl.col("member") == row["member"]).filter(pl.col("loss").is_not_null())
-        curves[f"{row['label.size']}, {fig['lines']}={row['label.' + fig['lines']]}"] = member
-    return curves
 
 
 def reproduce(name: str, scale: str, out: Path, workers: int = 1, progress: Any = None) -> dict[str, Any]:
@@ -83,7 +90,7 @@ def reproduce(name: str, scale: str, out: Path, workers: int = 1, progress: Any 
     exp_out = out / name
     start = time.perf_counter()
     results = sweep.run_sweep(spec, exp_out, workers=workers, progress=progress, pool=out / "groups")
-    figures = _figures(exp, results, exp_out)
+    figures = _figures(exp, results, exp_out, out / "groups")
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
     table = sensitivity_table(results, exp)
     # from-scratch cost: the training time of every group this experiment needs, shared ones included

@@ -8,16 +8,14 @@ Spec (YAML or a dict)::
     axes: {model.qk_layernorm: [head, off]}   # group-level switches (cartesian product)
     members: {lr: [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1, 3.0e-1]}  # member scalars: one group each
 
-A group id is a hash of the configuration (threads and device excluded), so rerunning skips finished groups
+A group id is a hash of the configuration (``table.run_id``: threads and device excluded), so rerunning skips finished groups
 and resumes unfinished ones from their last checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from . import config as config_mod
-from . import ladder, store
+from . import ladder, store, table
 from .config import ConfigError, GroupConfig
 
 SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels")
@@ -39,18 +37,6 @@ class Group:
     id: str
     cfg: GroupConfig
     labels: dict[str, Any] = field(default_factory=dict)  # size and axis values, for tables and plots
-
-
-def identity(cfg: GroupConfig) -> dict[str, Any]:
-    """The configuration that determines the results: everything but train.threads and train.device."""
-    d = json.loads(json.dumps(cfg.to_dict()))
-    d["train"].pop("threads", None)
-    d["train"].pop("device", None)
-    return d
-
-
-def group_id(cfg: GroupConfig) -> str:
-    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _set(raw: dict, path: str, value: Any, where: str) -> None:
@@ -76,11 +62,11 @@ def _size_sets(spec: Any) -> list[tuple[str | None, dict[str, int] | None]]:
     return [(None, s) for s in ladder.sizes(spec)]
 
 
-def _merge(a: dict, b: dict) -> dict:
-    """Deep merge of raw config mappings: b's fields win."""
+def merge(a: dict, b: dict) -> dict:
+    """Deep merge of raw mappings: b's fields win, mappings merge key by key, anything else is replaced."""
     out = copy.deepcopy(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -103,7 +89,7 @@ def expand(spec: dict[str, Any]) -> list[Group]:
                 raise ConfigError(f"parts[{i}].{bad[0]}: unknown key; valid: {', '.join(PART_KEYS)}")
             sub = {k: v for k, v in spec.items() if k != "parts"}
             sub.update({k: v for k, v in part.items() if k != "base"})
-            sub["base"] = _merge(spec.get("base") or {}, part.get("base") or {})
+            sub["base"] = merge(spec.get("base") or {}, part.get("base") or {})
             for g in expand(sub):
                 if g.id not in seen:
                     seen.add(g.id)
@@ -132,13 +118,15 @@ def expand(spec: dict[str, Any]) -> list[Group]:
                 labels["size"] = ladder.size_label(size)
             for path, value in zip(axes, combo):
                 _set(raw, path, value, "axes")
-                labels[path] = str(value) if isinstance(value, list) else value
             raw["members"] = members
             cfg = config_mod.from_dict(raw)
+            for path in axes:  # labels are the validated values: YAML's unquoted off is the config's "off"
+                got = [config_mod.get_path(cfg, p.strip()) for p in path.split(",")]
+                labels[path] = str(got) if len(got) > 1 else got[0]
             if "size" not in labels:  # every group carries its size, also when the spec names no sizes
                 m = cfg.model
                 labels = {"size": ladder.size_label({"width": m.width, "depth": m.depth, "heads": m.heads}), **labels}
-            gid = group_id(cfg)
+            gid = table.run_id(cfg)
             if gid not in seen:
                 seen.add(gid)
                 groups.append(Group(gid, cfg, labels))
@@ -218,54 +206,10 @@ def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress:
     return results
 
 
-DIAGNOSTICS = ("attn_logit_max/0", "q_norm/0", "k_norm/0", "output_logit_mean", "log_z_mean", "grad_norm",
-               "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif not isinstance(v, list):
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def member_rows(group: Group, folder: Path, tail_steps: int | None = None, at_step: int | None = None) -> list[dict[str, Any]]:
-    """One row per member: labels, the group's flattened config, the member's scalars, ℓ0, final loss, flags and
-    diagnostics averaged over the last ``tail_steps`` steps (default a fifth of the run, at most 500, paper §3)."""
-    summary = store.read_json(folder / "summary.json")
-    metrics = pl.read_parquet(folder / "metrics.parquet")
-    steps = summary["steps"]
-    tail = tail_steps or max(1, min(500, steps // 5))
-    last_block = f"block_rms/{group.cfg.model.depth - 1}"
-    flat = {k: v for k, v in _flatten(identity(group.cfg)).items() if not k.startswith("members.")}
-    rows = []
-    for m in summary["members"]:
-        mine = metrics.filter(pl.col("member") == m["member"])
-        window = mine.filter((pl.col("step") >= steps - tail) & (pl.col("step") < steps))
-        row = {"group": group.id, "member": m["member"], **{f"label.{k}": v for k, v in group.labels.items()}, **flat}
-        row.update({f"member.{k}": m[k] for k in config_mod.MEMBER_SCALARS})
-        row.update({"n_params": summary["n_params"], "l0": m["l0"],
-                    "final_eval_loss": m["final_eval_loss"] if m["final_eval_loss"] is not None else float("nan"),
-                    "diverged": m["diverged"], "diverged_step": m["diverged_step"]})
-        for col in (*DIAGNOSTICS, last_block):
-            name = "block_rms/last" if col == last_block else col
-            row[name] = window[col].mean() if col in window.columns else None
-        if "attn_logit_max/0" in mine.columns:
-            row["attn_logit_max/0:max"] = mine["attn_logit_max/0"].max()
-            if at_step is not None:  # the scaling prediction reads the logit at a fixed step (paper §3, Fig 9)
-                at = mine.filter(pl.col("step") == at_step)["attn_logit_max/0"]
-                row["attn_logit_max/0@step"] = at[0] if len(at) else None
-        rows.append(row)
-    return rows
-
-
 def collect(groups: list[Group], pool: Path, tail_steps: int | None = None, at_step: int | None = None) -> pl.DataFrame:
+    """The results table (see ``table``) of the finished groups among ``groups``."""
     rows = []
     for g in groups:
-        folder = pool / g.id
-        if store.is_done(folder):
-            rows += member_rows(g, folder, tail_steps, at_step)
-    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+        if store.is_done(pool / g.id):
+            rows += table.member_rows(g.cfg, g.id, g.labels, pool / g.id, tail_steps, at_step)
+    return table.frame(rows)

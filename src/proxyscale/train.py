@@ -12,26 +12,26 @@ from typing import Any
 
 import torch
 
-from . import store
+from . import store, table
 from .analysis import lr_sensitivity, lr_sensitivity_coupled
 from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member
 from .data import Batches, TokenData, load_data
-from .device import (StepWeights, activation_bytes_per_sequence, compile_fn, compute_dtype, is_out_of_memory,
-                     plan_micro_batch, resolve_compile, resolve_device, resolve_precision, rows_chunk)
+from .device import (
+    StepWeights,
+    activation_bytes_per_sequence,
+    compile_fn,
+    compute_dtype,
+    is_out_of_memory,
+    plan_micro_batch,
+    resolve_compile,
+    resolve_device,
+    resolve_precision,
+    rows_chunk,
+)
 from .diagnostics import MetricsLog
 from .losses import loss_parts, total_loss
 from .model import ProxyGPT, count_params, init_params, param_specs
 from .optim import BatchedAdamW, FlatParams
-
-
-def _config_json(cfg: GroupConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg.to_dict()))
-
-
-def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Configs that give the same results: train.threads and train.device may differ."""
-    strip = lambda d: {**d, "train": {k: v for k, v in d["train"].items() if k not in ("threads", "device")}}  # noqa: E731
-    return strip(a) == strip(b)
 
 
 @torch.no_grad()
@@ -130,13 +130,13 @@ class GroupRun:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"config": json.dumps(_config_json(self.cfg)), "flat": self.fp.flat,
+        return {"config": json.dumps(table.identity(self.cfg)), "flat": self.fp.flat,
                 "opt": self.opt.state_dict(), "active": self.active, "diverged_step": self.diverged_step,
                 "over": self.over, "l0": self.l0, "log": self.log.state(), "next_step": self.next_step,
                 "last": self.last, "rows": self.rows, "seconds": self.seconds + time.perf_counter() - self._started}
 
     def restore(self, state: dict[str, Any]) -> None:
-        if not _same_run(json.loads(state["config"]), _config_json(self.cfg)):
+        if not table.same_run(json.loads(state["config"]), self.cfg):
             raise ConfigError(f"--out {self.out}: its checkpoint belongs to a different config; "
                               "rerun with the original config or choose another --out")
         self.fp.flat.copy_(state["flat"])
@@ -289,7 +289,7 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
     """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched."""
     out = Path(out)
     if store.is_done(out):
-        if not _same_run(store.read_json(out / "config.json"), _config_json(cfg)):
+        if not table.same_run(store.read_json(out / "config.json"), cfg):
             raise ConfigError(f"--out {out}: holds a finished run of a different config; choose another --out")
         return store.read_json(out / "summary.json"), False
     run = GroupRun(cfg, out, data)  # loads the data first: a bad corpus fails before anything is written
@@ -297,7 +297,7 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
     state = store.load_checkpoint(out, run.device)
     if state is not None:
         run.restore(state)
-    store.write_json(out / "config.json", _config_json(cfg))
+    store.write_json(out / "config.json", cfg.to_dict())
     summary = run.run(on_step=on_step, progress=progress)
     store.write_parquet(out / "metrics.parquet", run.log.frame())
     store.write_json(out / "summary.json", summary)
