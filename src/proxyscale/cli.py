@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -94,12 +95,70 @@ def _group_progress() -> Progress:
                     TimeRemainingColumn(), console=console)
 
 
+def _labels(labels: dict) -> str:
+    return ", ".join(f"{_short(k)}={v}" for k, v in labels.items() if k != "size")
+
+
+def plan_table(p: Any, title: str) -> Table:
+    """One row per group: what it is, its cost, what the pool holds, the estimate."""
+    from .plan import fmt_count, fmt_seconds
+
+    table = Table(title=title)
+    switches = any(_labels(g.labels) for g in p.groups)
+    heads = ["group", "size", *(["switches"] if switches else []), "K", "steps", "tokens", "FLOPs", "pool", "estimate"]
+    for head in heads:
+        table.add_column(head, justify="left" if head in ("group", "size", "switches", "pool") else "right",
+                         overflow="fold")
+    for g in p.groups:
+        table.add_row(g.id[:6], str(g.labels.get("size", "")), *([_labels(g.labels)] if switches else []),
+                      str(g.members), f"{g.steps:,}", fmt_count(g.tokens), fmt_count(g.flops), g.status,
+                      fmt_seconds(g.seconds) if g.steps_left else "–")
+    return table
+
+
+def plan_line(p: Any) -> str:
+    """The plan's totals in one line: groups by pool state, runs, tokens, FLOPs and the estimate."""
+    from .plan import fmt_count, fmt_seconds, summary
+
+    t = summary(p)
+    line = (f"{t['groups']} groups ({t['done']} done, {t['resuming']} resuming, {t['new']} new), {t['runs']} runs, "
+            f"{fmt_count(t['tokens'])} tokens ({fmt_count(t['tokens_left'])} left), {fmt_count(t['flops'])} FLOPs")
+    if p.probed:
+        line += (f"; estimated {fmt_seconds(t['seconds'])} on {t['device']} (probe: {t['probe_seconds']:.0f} s, "
+                 "eager, groups one after another)")
+    return line
+
+
+def _print_plan(p: Any, title: str) -> None:
+    console.print(plan_table(p, title))
+    console.print(plan_line(p))
+    for g in p.groups:
+        if g.note:
+            console.print(f"[red]{g.id}[/red]: {g.note}", highlight=False)
+
+
+def _plan_before_run(groups: list, pool: Path, title: str) -> None:
+    """Every run prints its totals; a long one probes and prints its whole plan first."""
+    from . import plan
+
+    p = plan.make(groups, pool)
+    if p.tokens_left > plan.LONG_TOKENS:
+        plan.estimate(p)
+        _print_plan(p, title)
+    else:
+        console.print(f"{title}: {plan_line(p)}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import sweep
+    from . import plan, sweep
 
     spec = sweep.load_spec(args.spec)
     groups = sweep.expand(spec)
-    console.print(f"sweep: {len(groups)} groups, {sum(len(g.cfg.member_list()) for g in groups)} runs")
+    pool = Path(args.out) / "groups"
+    if args.plan:
+        _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")
+        return 0
+    _plan_before_run(groups, pool, f"sweep {args.spec}")
     with _group_progress() as progress:
         results = sweep.run_sweep(spec, Path(args.out), workers=args.workers, progress=progress)
     console.print(f"{Path(args.out) / 'results.parquet'}: {results.height} rows")
@@ -141,14 +200,20 @@ def sensitivity_table(rows: list[dict], title: str) -> Table:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from . import report, reproduce
+    from . import plan, report, reproduce, sweep
 
     names = reproduce.names() if args.name == "all" else [args.name]
-    for name in names:
-        exp = reproduce.load(name)
-        if args.scale not in exp["scales"]:
-            raise ConfigError(f"--scale: {args.scale!r} not defined for {name}; valid: {', '.join(exp['scales'])}")
     out = Path(args.out)
+    groups = {name: sweep.expand(reproduce.sweep_spec(reproduce.load(name), args.scale)) for name in names}
+    unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
+    if args.plan:
+        p = plan.make(unique, out / "groups", probe=True)
+        if len(names) == 1:
+            _print_plan(p, f"plan: reproduce {args.name} --scale {args.scale} into {out}")
+        else:
+            _print_experiments_plan(p, groups, args.scale)
+        return 0
+    _plan_before_run(unique, out / "groups", f"reproduce {args.name} --scale {args.scale}")
     for name in names:
         console.rule(f"{name} ({args.scale})")
         with _group_progress() as progress:
@@ -161,6 +226,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     path = report.build(out)
     console.print(f"report: {path}")
     return 0
+
+
+def _print_experiments_plan(p: Any, groups: dict[str, list], scale: str) -> None:
+    """``reproduce all --plan``: one row per experiment (shared groups appear in each), then the unique total."""
+    from .plan import Plan, fmt_count, fmt_seconds, summary
+
+    by_id = {g.id: g for g in p.groups}
+    table = Table(title=f"plan: reproduce all --scale {scale}")
+    for head in ("experiment", "groups", "runs", "tokens", "FLOPs", "pool", "estimate"):
+        table.add_column(head, justify="left" if head in ("experiment", "pool") else "right")
+    for name, gs in groups.items():
+        sub = Plan([by_id[g.id] for g in gs], p.device, probed=p.probed)
+        t = summary(sub)
+        table.add_row(name, str(t["groups"]), str(t["runs"]), fmt_count(t["tokens"]), fmt_count(t["flops"]),
+                      f"{t['done']} done, {t['resuming']} resuming, {t['new']} new", fmt_seconds(t["seconds"]))
+    console.print(table)
+    console.print(f"all (shared groups once): {plan_line(p)}")
+    for g in p.groups:
+        if g.note:
+            console.print(f"[red]{g.id}[/red] ({g.labels.get('size', '')}): {g.note}", highlight=False)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -185,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="sweep YAML: base, sizes, axes, members")
     p.add_argument("--out", required=True, help="sweep directory (finished groups are skipped)")
     p.add_argument("--workers", type=int, default=1, help="groups trained at once; each gets cores/N threads")
+    p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what DIR already holds "
+                   "and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("list", help="list the paper's experiments")
     p.set_defaults(func=cmd_list)
@@ -195,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "paper: the paper's schedule")
     p.add_argument("--out", default="runs/reproduce", help="output root (default runs/reproduce)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what the output root "
+                   "already holds and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("report", help="write DIR/report.html from reproduced experiments")
     p.add_argument("dir")

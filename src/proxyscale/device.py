@@ -205,12 +205,25 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def train_flops_per_token(width: int, depth: int, seq_len: int, vocab: int) -> int:
+    """Training FLOPs of one member per token: 6·(12·L·d² + d·V) for the matmuls (forward and backward, the
+    output layer included) + 6·L·d·T for causal attention's scores and mixing."""
+    return 6 * (12 * depth * width**2 + width * vocab) + 6 * depth * width * seq_len
+
+
 def mfu(tokens_per_s: float, width: int, depth: int, seq_len: int, vocab: int, peak_flops: float) -> float:
-    """Model FLOPs utilisation: (6·(12·L·d² + d·V) + 6·L·d·T) FLOP per token (causal attention) × tokens/s ÷ the
-    device's peak (benchmarks measure it)."""
-    per_token = 6 * (12 * depth * width**2 + width * vocab) + 6 * depth * width * seq_len
-    return per_token * tokens_per_s / peak_flops
+    """Model FLOPs utilisation: ``train_flops_per_token`` × tokens/s ÷ the device's peak (benchmarks measure it)."""
+    return train_flops_per_token(width, depth, seq_len, vocab) * tokens_per_s / peak_flops
 
 
-__all__ = ["StepWeights", "compile_fn", "compute_dtype", "free_bytes", "logit_chunk", "mfu",
-           "plan_micro_batch", "resolve_compile", "resolve_device", "resolve_precision", "rows_chunk"]
+def describe(device: torch.device) -> str:
+    """The device in words, for plans and reports: the GPU's name, or the CPU's cores and bf16 support."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU ({cores} cores, {'AVX512-BF16' if cpu_has_native_bf16() else 'no native bf16'})"
+
+
+__all__ = ["StepWeights", "compile_fn", "compute_dtype", "describe", "free_bytes", "logit_chunk", "mfu",
+           "plan_micro_batch", "resolve_compile", "resolve_device", "resolve_precision", "rows_chunk",
+           "train_flops_per_token"]

@@ -37,23 +37,28 @@ if __name__ == "__main__":
     print(config_reference())
 
 
-def experiments_table(root: str) -> str:
-    """Markdown table of reproduced experiments under ``root``: command, measured runtime, verdicts."""
+def experiments_table(roots: dict[str, str]) -> str:
+    """Markdown table of reproduced experiments: one column per scale that was run (``{scale: output root}``, e.g.
+    ``{"micro": "runs/reproduce"}``), each with the measured runtime and the verdict per claim."""
     import json
     from pathlib import Path
 
-    from .reproduce import names
+    from .reproduce import load, names
 
-    lines = ["| experiment | command | runtime here | verdict at micro scale |", "|---|---|---|---|"]
+    lines = ["| experiment | command | " + " | ".join(f"{scale}: runtime, verdicts" for scale in roots) + " |",
+             "|---|---|" + "---|" * len(roots)]
     for name in names():
-        path = Path(root) / name / "verdicts.json"
-        if not path.exists():
-            lines.append(f"| {name} | `proxyscale reproduce {name}` | not run | |")
-            continue
-        rec = json.loads(path.read_text())
-        n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
-        claims = "; ".join(f"{'✔' if v['verdict'] == 'reproduced' else '✘'} {v['claim']}" for v in rec["verdicts"])
-        claims = claims.replace("|", "\\|")  # a '|' inside a cell would split the markdown table
-        lines.append(f"| {rec['title'].split(':')[0]} | `{rec['command'].replace(' --scale micro', '')}` | "
-                     f"{rec['seconds'] / 60:.1f} min | {n_ok}/{len(rec['verdicts'])}: {claims} |")
+        cells = []
+        for scale, root in roots.items():
+            path = Path(root) / name / "verdicts.json"
+            if not path.exists():
+                cells.append("not run")
+                continue
+            rec = json.loads(path.read_text())
+            n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
+            claims = "; ".join(f"{'✔' if v['verdict'] == 'reproduced' else '✘'} {v['claim']}" for v in rec["verdicts"])
+            cells.append(f"{rec['seconds'] / 60:.1f} min · {n_ok}/{len(rec['verdicts'])}: {claims}")
+        title = load(name)["title"].split(":")[0]
+        row = [title, f"`proxyscale reproduce {name}`", *(c.replace("|", "\\|") for c in cells)]
+        lines.append("| " + " | ".join(row) + " |")  # a '|' inside a cell would split the markdown table
     return "\n".join(lines)

@@ -73,6 +73,13 @@ def load(name: str) -> dict[str, Any]:
     return {**exp, "scales": resolved}
 
 
+def sweep_spec(exp: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The sweep spec of a loaded experiment at ``scale``."""
+    if scale not in exp["scales"]:
+        raise ConfigError(f"--scale: {scale!r} not defined for {exp['name']}; valid: {', '.join(exp['scales'])}")
+    return {"name": exp["name"], **exp["scales"][scale]["spec"]}
+
+
 def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) -> list[str]:
     made = []
     for fig in exp.get("figures", []):
@@ -83,9 +90,7 @@ def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) 
 def reproduce(name: str, scale: str, out: Path, workers: int = 1, progress: Any = None) -> dict[str, Any]:
     """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json."""
     exp = load(name)
-    if scale not in exp["scales"]:
-        raise ConfigError(f"--scale: {scale!r} not defined for {name}; valid: {', '.join(exp['scales'])}")
-    spec = {"name": name, **exp["scales"][scale]["spec"]}
+    spec = sweep_spec(exp, scale)
     sweep.expand(spec)  # validate before anything is written
     exp_out = out / name
     start = time.perf_counter()

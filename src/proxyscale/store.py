@@ -17,6 +17,7 @@ import torch
 
 DONE = "DONE"
 CHECKPOINT = "checkpoint"
+PROGRESS = "progress.json"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -60,6 +61,20 @@ def save_checkpoint(out: Path, state: dict[str, Any]) -> None:
     tmp = ckpt / f".state.pt.tmp{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, ckpt / "state.pt")
+    if "next_step" in state:  # a small sidecar, so a plan can say how far a group got without loading its tensors
+        write_json(ckpt / PROGRESS, {"next_step": int(state["next_step"])})
+
+
+def checkpoint_step(out: Path) -> int | None:
+    """The step an unfinished group resumes from, or None when it has no checkpoint (0 when it has one of
+    unknown progress)."""
+    ckpt = out / CHECKPOINT
+    if not (ckpt / "state.pt").exists():
+        return None
+    try:
+        return int(read_json(ckpt / PROGRESS)["next_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def load_checkpoint(out: Path, device: torch.device) -> dict[str, Any] | None:

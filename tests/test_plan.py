@@ -1,0 +1,74 @@
+"""The plan before a run: counts, tokens and FLOPs of a tiny spec, what the pool holds, the probe's estimate."""
+
+import pytest
+import yaml
+
+from proxyscale import device, plan, sweep, table
+from proxyscale.cli import main
+from proxyscale.train import train_group
+
+
+def tiny_spec(make_raw):
+    base = make_raw(train={"steps": 6, "eval_every": 3, "checkpoint_every": 2})
+    base.pop("members")
+    return {"name": "t", "base": base,
+            "sizes": [{"width": 32, "depth": 1, "heads": 1}, {"width": 64, "depth": 1, "heads": 2}],
+            "axes": {"model.qk_layernorm": ["head", "off"]}, "members": {"lr": [1e-3, 1e-2]}}
+
+
+def test_counts_tokens_flops_and_pool_state(tmp_path, make_raw):
+    groups = sweep.expand(tiny_spec(make_raw))
+    pool = tmp_path / "groups"
+    train_group(groups[0].cfg, pool / groups[0].id)  # finished
+
+    def stop(step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # checkpointed at step 2, then interrupted
+        train_group(groups[1].cfg, pool / groups[1].id, on_step=stop)
+    p = plan.make(groups, pool)
+    tokens = 2 * 6 * 4 * 32  # members x steps x batch x seq
+    assert [g.tokens for g in p.groups] == [tokens] * 4
+    per_token = {32: 6 * (12 * 32**2 + 32 * 256) + 6 * 32 * 32, 64: 6 * (12 * 64**2 + 64 * 256) + 6 * 64 * 32}
+    assert [g.flops for g in p.groups] == [tokens * per_token[g.cfg.model.width] for g in groups]
+    assert [g.status for g in p.groups] == ["done", "resumes at step 2", "new", "new"]
+    assert [g.steps_left for g in p.groups] == [0, 4, 6, 6]
+    s = plan.summary(p)
+    assert (s["groups"], s["done"], s["resuming"], s["new"], s["runs"]) == (4, 1, 1, 2, 8)
+    assert s["tokens"] == 4 * tokens and s["tokens_left"] == tokens * 16 // 6
+    assert s["seconds"] is None  # not probed
+
+    plan.estimate(p)
+    assert p.groups[0].seconds is None and all(g.seconds > 0 for g in p.groups[1:])
+    assert p.seconds == pytest.approx(sum(g.seconds for g in p.groups[1:]))
+    assert p.groups[1].seconds < p.groups[2].seconds * 1.5  # 4 steps left against 6, same shape
+    assert "CPU" in p.device
+
+
+def test_a_group_that_does_not_fit_has_no_estimate(make_raw, tmp_path, monkeypatch):
+    groups = sweep.expand(tiny_spec(make_raw))
+    monkeypatch.setattr(device, "free_bytes", lambda dev: 1000)
+    p = plan.make(groups[:1], tmp_path, probe=True)
+    assert p.groups[0].seconds is None and "does not fit" in p.groups[0].note and p.seconds is None
+
+
+def test_plan_commands_print_and_write_nothing(tmp_path, make_raw, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec(make_raw)))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "4 groups (0 done, 0 resuming, 4 new), 8 runs" in out and "estimated" in out
+    assert not (tmp_path / "o").exists()
+    assert main(["reproduce", "fig2", "--out", str(tmp_path / "r"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "4 groups (0 done, 0 resuming, 4 new), 8 runs" in out and not (tmp_path / "r").exists()
+
+
+def test_every_run_prints_its_totals_first(tmp_path, make_raw, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec(make_raw)))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o")]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
+    assert out.index("4 groups (0 done, 0 resuming, 4 new), 8 runs") < out.index("results.parquet")
+    assert all(table.run_id(g.cfg) == g.id for g in sweep.expand(tiny_spec(make_raw)))
