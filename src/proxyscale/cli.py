@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .config import MEMBER_SCALARS, ConfigError
+from .store import StoreError
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
@@ -299,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except StoreError as err:
+        errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -182,6 +182,18 @@ def hf_texts(spec: str) -> tuple[str, str | None]:
     return join(splits["train"]), (join(val) if val is not None else None)
 
 
+def check_corpus(cfg: DataConfig) -> Path | None:
+    """A cheap check, before anything is written, that ``cfg.corpus`` names something that exists: the path of a
+    local corpus, None for a built-in or Hugging Face one (those are checked when loaded)."""
+    if cfg.corpus in ("kjv", "synthetic") or cfg.corpus.startswith("hf:"):
+        return None
+    path = Path(cfg.corpus).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.corpus: no such file or folder {cfg.corpus!r}; valid: kjv, synthetic, a text file, "
+                          "a folder of *.txt, a .bin token file or a folder with train.bin/val.bin")
+    return path
+
+
 def load_data(cfg: DataConfig, vocab: str) -> TokenData:
     """Resolve ``cfg.corpus`` into train/val token arrays; every problem is a ConfigError naming the field."""
     corpus = cfg.corpus
@@ -200,10 +212,7 @@ def load_data(cfg: DataConfig, vocab: str) -> TokenData:
     elif corpus == "synthetic":
         text = synthetic_text()
     else:
-        path = Path(corpus).expanduser()
-        if not path.exists():
-            raise ConfigError(f"data.corpus: no such file or folder {corpus!r}; valid: kjv, synthetic, a text file, "
-                              "a folder of *.txt, a .bin token file or a folder with train.bin/val.bin")
+        path = check_corpus(cfg)
         bins = path / "train.bin" if path.is_dir() else path
         if bins.suffix == ".bin" and bins.exists():
             return _bin_data(path, bins, cfg, vocab)

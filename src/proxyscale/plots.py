@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
-from . import table  # noqa: E402
+from . import store, table  # noqa: E402
 from .analysis import sensitivity_frame  # noqa: E402
 from .config import ConfigError, check_call  # noqa: E402
 from .table import col  # noqa: E402
@@ -55,9 +55,12 @@ def _save(fig: Any, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     out = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    fig.savefig(out[0], dpi=110, bbox_inches="tight")
-    fig.savefig(out[1], bbox_inches="tight")
-    plt.close(fig)
+    try:
+        for target, dpi in zip(out, (110, None)):
+            with store.writing(target) as tmp:  # a reader never sees half a figure
+                fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=target.suffix[1:])
+    finally:
+        plt.close(fig)
     return out
 
 

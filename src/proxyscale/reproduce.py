@@ -91,15 +91,21 @@ def reproduce(name: str, scale: str, out: Path, workers: int = 1, progress: Any 
     """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json."""
     exp = load(name)
     spec = sweep_spec(exp, scale)
-    sweep.expand(spec)  # validate before anything is written
-    exp_out = out / name
+    groups, exp_out, pool = sweep.prepare(spec, out / name, out / "groups", workers)  # before anything is written
+    with store.lock(exp_out):
+        return _reproduce_locked(exp, scale, spec, groups, exp_out, pool, workers, progress)
+
+
+def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], groups: list[sweep.Group],
+                      exp_out: Path, pool: Path, workers: int, progress: Any) -> dict[str, Any]:
+    name = exp["name"]
     start = time.perf_counter()
-    results = sweep.run_sweep(spec, exp_out, workers=workers, progress=progress, pool=out / "groups")
-    figures = _figures(exp, results, exp_out, out / "groups")
+    results = sweep.run_locked(spec, groups, exp_out, pool, workers, progress)
+    figures = _figures(exp, results, exp_out, pool)
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
     table = sensitivity_table(results, exp)
     # from-scratch cost: the training time of every group this experiment needs, shared ones included
-    train_seconds = sum(store.read_json(out / "groups" / gid / "summary.json").get("seconds", 0.0)
+    train_seconds = sum(store.read_json(pool / gid / "summary.json").get("seconds", 0.0)
                         for gid in results["group"].unique().to_list())
     record = {"name": name, "title": exp["title"], "paper": exp.get("paper", ""), "scale": scale,
               "why": exp["scales"][scale].get("why", ""), "command": f"proxyscale reproduce {name} --scale {scale}",

@@ -27,6 +27,8 @@ import polars as pl
 from . import config as config_mod
 from . import ladder, store, table
 from .config import ConfigError, GroupConfig
+from .data import check_corpus
+from .store import StoreError
 
 SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels")
 PART_KEYS = ("base", "sizes", "axes", "members", "labels")
@@ -160,7 +162,7 @@ def _run_one(args: tuple[str, dict, str, int]) -> str:
     cfg = config_mod.from_dict(raw_cfg)
     if cfg.train.threads == 0:  # auto: cores / workers, so N workers never oversubscribe the machine
         cfg = _with_threads(cfg, threads)
-    train_group(cfg, Path(pool) / gid)
+    train_group(cfg, Path(pool) / gid, wait=True)  # a group another worker holds: wait, then it is finished
     return gid
 
 
@@ -169,13 +171,33 @@ def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress:
     """Run every group of ``spec`` (skipping finished ones) and write ``out/results.parquet``.
 
     Groups live in ``pool/<id>`` (default ``out/groups``); experiments that share a pool share identical groups.
+    ``out`` has one writer at a time; each group folder too, so two sweeps over one pool never train a group twice.
     """
+    groups, out, pool = prepare(spec, out, pool, workers)
+    with store.lock(out):
+        return run_locked(spec, groups, out, pool, workers, progress)
+
+
+def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, workers: int
+            ) -> tuple[list[Group], Path, Path]:
+    """Everything checked before anything is written: the spec, ``--workers``, the directories, the corpora."""
     groups = expand(spec)
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {workers}")
     out = Path(out)
     pool = Path(pool) if pool is not None else out / "groups"
-    out.mkdir(parents=True, exist_ok=True)
+    store.check_dir(out)
+    store.check_dir(pool, "the group pool")
+    for data_cfg in {g.cfg.data.corpus: g.cfg.data for g in groups}.values():
+        check_corpus(data_cfg)
+    return groups, out, pool
+
+
+def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path, workers: int,
+               progress: Any) -> pl.DataFrame:
+    """``run_sweep`` for a caller that already holds ``out``'s lock (``reproduce`` writes more into it)."""
     store.write_json(out / "spec.json", spec)
-    todo = [g for g in groups if not store.is_done(pool / g.id)]
+    todo = [g for g in groups if not store.finished(pool / g.id)]  # a damaged finished group is set aside: retrained
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0,
                              left=len(todo)) if progress else None
@@ -210,6 +232,13 @@ def collect(groups: list[Group], pool: Path, tail_steps: int | None = None, at_s
     """The results table (see ``table``) of the finished groups among ``groups``."""
     rows = []
     for g in groups:
-        if store.is_done(pool / g.id):
-            rows += table.member_rows(g.cfg, g.id, g.labels, pool / g.id, tail_steps, at_step)
+        folder = pool / g.id
+        if not store.is_done(folder):
+            continue
+        why = store.damage(folder)
+        if why is not None:
+            store.set_aside(folder, f"damaged finished group {g.id}: {why}")
+            raise StoreError(f"group {g.id} ({', '.join(f'{k}={v}' for k, v in g.labels.items())}): {why}; it was set "
+                             "aside and the next run of this command trains it again")
+        rows += table.member_rows(g.cfg, g.id, g.labels, folder, tail_steps, at_step)
     return table.frame(rows)

@@ -285,25 +285,33 @@ def _halve(micro_batch: int, batch: int) -> int:
 
 
 def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], None] | None = None,
-                progress: Any = None, data: TokenData | None = None) -> tuple[dict[str, Any], bool]:
-    """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched."""
+                progress: Any = None, data: TokenData | None = None, wait: bool = False) -> tuple[dict[str, Any], bool]:
+    """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched.
+
+    ``out`` has one writer at a time (``store.lock``): a second one waits (``wait``, as sweep workers do: the
+    group is then usually finished) or exits with a message naming the holder. Nothing is written before the
+    config and data have been checked."""
     out = Path(out)
-    if store.is_done(out):
-        if not table.same_run(store.read_json(out / "config.json"), cfg):
-            raise ConfigError(f"--out {out}: holds a finished run of a different config; choose another --out")
-        return store.read_json(out / "summary.json"), False
+    store.check_dir(out)
+    if store.finished(out):
+        return _finished_summary(out, cfg), False
     run = GroupRun(cfg, out, data)  # loads the data first: a bad corpus fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    state = store.load_checkpoint(out, run.device)
-    if state is not None:
-        run.restore(state)
-    store.write_json(out / "config.json", cfg.to_dict())
-    summary = run.run(on_step=on_step, progress=progress)
-    store.write_parquet(out / "metrics.parquet", run.log.frame())
-    store.write_json(out / "summary.json", summary)
-    store.write_atomic(out / store.DONE, b"")
-    store.clear_checkpoint(out)
+    with store.lock(out, wait=wait):
+        if store.finished(out):  # another writer finished it while we waited
+            return _finished_summary(out, cfg), False
+        state = store.load_checkpoint(out, run.device)
+        if state is not None:
+            run.restore(state)
+        summary = run.run(on_step=on_step, progress=progress)
+        store.finish(out, table.run_id(cfg), cfg.to_dict(), run.log.frame(), summary)
+        store.clear_checkpoint(out)
     return summary, True
+
+
+def _finished_summary(out: Path, cfg: GroupConfig) -> dict[str, Any]:
+    if not table.same_run(store.read_json(out / "config.json"), cfg):
+        raise ConfigError(f"--out {out}: holds a finished run of a different config; choose another --out")
+    return store.read_json(out / "summary.json")
 
 
 def finite_or_none(x: float) -> float | None:
