@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import (
@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import config as config_mod
+from . import store
 from .config import MEMBER_SCALARS, ConfigError
 from .store import StoreError
 
@@ -154,8 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from . import plan, sweep
 
     spec = sweep.load_spec(args.spec)
-    groups = sweep.expand(spec)
-    pool = Path(args.out) / "groups"
+    groups, _, pool = sweep.prepare(spec, args.out, None, args.workers)  # every check before anything is written
     if args.plan:
         _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")
         return 0
@@ -205,6 +205,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     names = reproduce.names() if args.name == "all" else [args.name]
     out = Path(args.out)
+    store.check_dir(out)
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
     groups = {name: sweep.expand(reproduce.sweep_spec(reproduce.load(name), args.scale)) for name in names}
     unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
     if args.plan:
@@ -252,14 +255,27 @@ def _print_experiments_plan(p: Any, groups: dict[str, list], scale: str) -> None
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
-    console.print(f"report: {report.build(Path(args.dir))}")
+    root = Path(args.dir)
+    store.check_dir(root, "report")
+    if not root.exists():
+        raise ConfigError(f"report {root}: no such directory; give a `reproduce --out` or `sweep --out` directory")
+    console.print(f"report: {report.build(root)}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with this tool's error style: one line on stderr, exit 2 (not usage + error on two lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        errors.print(f"error: {self.prog}: {message} (see {self.prog} --help)", markup=False, highlight=False,
+                     soft_wrap=True)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="proxyscale", description="Small-scale proxies for large-scale "
-                                     "Transformer training instabilities (Wortsman et al. 2023).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="proxyscale", description="Small-scale proxies for large-scale "
+                     "Transformer training instabilities (Wortsman et al. 2023).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="train one group of K members (an LR grid, ...) from a YAML file")
     p.add_argument("config", help="group YAML: sections model, data, train, optim, members")
     p.add_argument("--out", required=True, help="run directory (resumed if interrupted, skipped if finished)")
@@ -294,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad argument (2, already said in one line)
+        return int(exit_.code or 0)
     try:
         return args.func(args)
     except ConfigError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -221,9 +222,12 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: got {value!r}; must be a finite number")
+        return number
     if annotation is str:
         if isinstance(value, bool) or value is None:
             raise ConfigError(f"{where}: expected text, got {value!r}")
@@ -332,6 +336,11 @@ def _validate(cfg: GroupConfig) -> None:
             raise ConfigError(f"{where}.beta2: must be in [0, 1), got {member.beta2}")
         if member.warmup < 0:
             raise ConfigError(f"{where}.warmup: must be >= 0, got {member.warmup}")
+    if not 0 <= t.seed < 2**32:
+        raise ConfigError(f"train.seed: must be in [0, 2^32), got {t.seed}")
+    for member in cfg.member_list():
+        if not 0 <= member.seed < 2**32:
+            raise ConfigError(f"members.seed: must be in [0, 2^32), got {member.seed}")
     if not 0 <= o.beta1 < 1:
         raise ConfigError(f"optim.beta1: must be in [0, 1), got {o.beta1}")
 
@@ -396,19 +405,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load(path: str, overrides: list[str] | None = None) -> GroupConfig:
-    """Read a group YAML (or JSON) file, apply overrides, validate."""
+def read_yaml(path: str, what: str) -> Any:
+    """Parse a YAML (or JSON) file; every way it can fail is a one-line ConfigError naming ``path``."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give the {what} (a .yaml file)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; give the {what} as a UTF-8 .yaml file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+
+
+def load(path: str, overrides: list[str] | None = None) -> GroupConfig:
+    """Read a group YAML (or JSON) file, apply overrides, validate."""
+    raw = read_yaml(path, "config file")
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections model, data, train, optim, members")
-    return from_dict(apply_overrides(raw or {}, overrides or []))
+    raw = raw or {}
+    for item in overrides or []:  # a scalar the file grids over under members would silently win over --set
+        key = item.partition("=")[0].strip()
+        section, _, name = key.partition(".")
+        if section == "optim" and name in (raw.get("members") or {}):
+            raise ConfigError(f"--set {key}: the file lists members.{name}, which overrides optim.{name} for every "
+                              f"member; use --set members.{name}=[...] instead")
+        if section == "train" and name == "seed" and "seed" in (raw.get("members") or {}):
+            raise ConfigError("--set train.seed: the file lists members.seed, which sets each member's init seed; "
+                              "use --set members.seed=[...] instead")
+    return from_dict(apply_overrides(raw, overrides or []))

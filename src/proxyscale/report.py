@@ -38,8 +38,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def _section(folder: Path, rec: dict[str, Any]) -> str:
     parts = [f"<h2 id='{html.escape(rec['name'])}'>{html.escape(rec['title'])}</h2>",
              f"<p>{html.escape(rec.get('paper', ''))}</p>",
-             f"<p>Reproduce: <code>{html.escape(rec['command'])}</code> — scale <b>{rec['scale']}</b>, "
-             f"{rec['seconds']:.0f} s here.</p>", f"<p class='why'>{html.escape(rec.get('why', ''))}</p>", "<ul>"]
+             f"<p>Reproduce: <code>{html.escape(rec['command'])}</code>"
+             + (f" — scale <b>{rec['scale']}</b>, {rec['seconds']:.0f} s here" if rec["scale"] else "") + ".</p>", f"<p class='why'>{html.escape(rec.get('why', ''))}</p>", "<ul>"]
     for v in rec["verdicts"]:
         cls = "ok" if v["verdict"] == "reproduced" else "no"
         parts.append(f"<li><span class='{cls}'>{v['verdict']}</span>: {html.escape(v['claim'])}<br>"
@@ -47,35 +47,80 @@ def _section(folder: Path, rec: dict[str, Any]) -> str:
     parts.append("</ul>")
     for fig in rec["figures"]:
         if fig.endswith(".png"):
-            data = base64.b64encode((folder / fig).read_bytes()).decode()
+            try:
+                data = base64.b64encode((folder / fig).read_bytes()).decode()
+            except OSError:
+                parts.append(f"<p class='no'>figure {html.escape(fig)} is missing; rerun to redraw it</p>")
+                continue
             parts.append(f"<img alt='{html.escape(Path(fig).stem)}' src='data:image/png;base64,{data}'>")
     parts.append(_table(rec.get("sensitivity", [])))
     return "\n".join(parts)
 
 
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A verdicts.json, checked: a damaged one is set aside (renamed, with a warning) and None returned."""
+    try:
+        rec = store.read_json(path)
+        if not isinstance(rec, dict) or not {"name", "title", "verdicts", "figures", "scale", "command"} <= set(rec):
+            raise ValueError("missing fields")
+        return rec
+    except (OSError, ValueError) as err:
+        store.set_aside(path, f"damaged {path} ({err.__class__.__name__})")
+        return None
+
+
+def _sweep_record(root: Path) -> dict[str, Any]:
+    """A sweep directory as one report section: its LR-vs-loss figure and LR-sensitivity table, no claims."""
+    import polars as pl
+
+    from . import plots
+    from .analysis import sensitivity_frame
+
+    try:
+        results = pl.read_parquet(root / "results.parquet")
+    except Exception as err:  # noqa: BLE001 - any read failure: the file is damaged
+        store.set_aside(root / "results.parquet", f"damaged {root / 'results.parquet'} ({err.__class__.__name__})")
+        raise store.StoreError(f"{root}: its results.parquet was damaged and set aside; rerun the sweep to rebuild "
+                               "it (finished groups are not retrained)") from None
+    by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
+    by += [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
+           and results[c].n_unique() > 1]
+    figures = plots.lr_vs_loss(results, root / "figures" / "lr_vs_loss", title=root.name)
+    name = (store.read_json(root / "spec.json") or {}).get("name", root.name) if (root / "spec.json").exists() else root.name
+    return {"name": str(name), "title": f"sweep {name}", "scale": "", "command": f"proxyscale sweep ... --out {root}",
+            "seconds": 0.0, "figures": [str(p.relative_to(root)) for p in figures], "verdicts": [],
+            "sensitivity": sensitivity_frame(results, by).to_dicts()}
+
+
 def build(root: Path) -> Path:
-    """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``)."""
+    """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``), or
+    from a sweep directory's ``results.parquet``. Damaged records are set aside and named in the page."""
     root = Path(root)
     from .reproduce import names
 
     order = {name: i for i, name in enumerate(names())}  # the paper's order, unknown names last
     records = sorted(root.glob("*/verdicts.json"), key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name))
     records += [root / "verdicts.json"] if (root / "verdicts.json").exists() else []
-    if not records:
-        from .config import ConfigError
-
-        raise ConfigError(f"{root}: no reproduced experiments found (expected */verdicts.json); run proxyscale reproduce first")
-    sections, summary = [], []
-    for path in records:
-        rec = store.read_json(path)
-        sections.append(_section(path.parent, rec))
+    sweep_dir = not records and (root / "results.parquet").exists()
+    if not records and not sweep_dir:
+        raise store.StoreError(f"{root}: no reproduced experiments (*/verdicts.json) or sweep results "
+                               "(results.parquet) found; run proxyscale reproduce or sweep first", exit_code=2)
+    sections, summary, damaged = [], [], []
+    loaded = [(root, _sweep_record(root))] if sweep_dir else [(path.parent, _read_record(path)) for path in records]
+    for folder, rec in loaded:
+        if rec is None:
+            damaged.append(folder.name)
+            continue
+        sections.append(_section(folder, rec))
         n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
         summary.append({"experiment": rec["name"], "scale": rec["scale"], "claims reproduced": f"{n_ok}/{len(rec['verdicts'])}",
                         "seconds": rec["seconds"]})
+    note = (f"<p class='no'>damaged and set aside (rerun to rebuild): {html.escape(', '.join(damaged))}</p>"
+            if damaged else "")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>proxyscale report</title><style>{CSS}</style>"
             f"</head><body><h1>proxyscale: small-scale proxies for large-scale Transformer training instabilities</h1>"
             f"<p>Runs in <code>{html.escape(str(root))}</code>; every figure below was drawn from these runs.</p>"
-            f"{_table(summary)}{''.join(sections)}</body></html>")
+            f"{note}{_table(summary)}{''.join(sections)}</body></html>")
     out = root / "report.html"
     store.write_atomic(out, page.encode())
     return out

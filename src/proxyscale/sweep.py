@@ -83,9 +83,16 @@ def expand(spec: dict[str, Any]) -> list[Group]:
     for key in spec:
         if key not in SPEC_KEYS:
             raise ConfigError(f"{key}: unknown spec key; valid: {', '.join(SPEC_KEYS)}")
+    for key in ("base", "axes", "members", "labels"):
+        if spec.get(key) is not None and not isinstance(spec[key], dict):
+            raise ConfigError(f"{key}: expected a mapping, got a {type(spec[key]).__name__} ({str(spec[key])[:60]})")
+    if spec.get("parts") is not None and not isinstance(spec["parts"], list):
+        raise ConfigError("parts: expected a list of sub-sweeps, each a mapping")
     if spec.get("parts"):
         groups, seen = [], set()
         for i, part in enumerate(spec["parts"]):
+            if not isinstance(part, dict):
+                raise ConfigError(f"parts[{i}]: expected a mapping with keys {', '.join(PART_KEYS)}")
             bad = [k for k in part if k not in PART_KEYS]
             if bad:
                 raise ConfigError(f"parts[{i}].{bad[0]}: unknown key; valid: {', '.join(PART_KEYS)}")
@@ -136,15 +143,9 @@ def expand(spec: dict[str, Any]) -> list[Group]:
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such sweep spec") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
+    spec = config_mod.read_yaml(path, "sweep spec")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
     return spec
 
 

@@ -1,0 +1,158 @@
+"""Every bad input is a one-line error naming what is wrong and what would be valid, exit 2, nothing on disk.
+
+One table, across train, sweep, reproduce and report: each case builds its input in a fresh folder, runs the
+command, and checks the exit code, that stderr is one line naming the field or file, and that the command wrote
+nothing (the folder holds exactly what the case put there).
+"""
+
+import pytest
+import yaml
+
+from proxyscale import device
+from proxyscale.cli import main
+from tests.conftest import tiny
+
+SPEC = {"name": "t", "sizes": [{"width": 32, "depth": 1, "heads": 1}], "members": {"lr": [1e-3, 1e-2]}}
+
+
+def group(**over):
+    return tiny(**{**over, "train": {"steps": 4, "eval_every": 2, **over.get("train", {})}})
+
+
+def spec(**over):
+    base = group()
+    base.pop("members")
+    return {**SPEC, "base": base, **over}
+
+
+def yaml_file(d, obj, name="in.yaml"):
+    path = d / name
+    path.write_text(obj if isinstance(obj, str) else yaml.safe_dump(obj))
+    return str(path)
+
+
+def train(raw, *extra):
+    return lambda d: ["train", yaml_file(d, raw), "--out", str(d / "out"), "--quiet", *extra]
+
+
+def sweep(obj, *extra):
+    return lambda d: ["sweep", yaml_file(d, obj), "--out", str(d / "out"), *extra]
+
+
+def a_file(d, name="taken"):
+    (d / name).write_text("not a directory")
+    return str(d / name)
+
+
+CASES = {
+    # train: fields of every section (paper defaults documented in config.py)
+    "seed negative": (train(group(train={"seed": -1})), "train.seed"),
+    "lr inf": (train(group(optim={"lr": float("inf")})), "optim.lr: got inf; must be a finite number"),
+    "eps inf": (train(group(optim={"eps": float("inf")})), "optim.eps"),
+    "weight decay nan": (train(group(optim={"weight_decay": float("nan")})), "optim.weight_decay"),
+    "member lr inf": (train(group(members={"lr": [1e-3, float("inf")]})), "members.lr"),
+    "member lr zero": (train(group(members={"lr": [0.0]})), "members.lr: must be > 0"),
+    "member z-loss negative": (train(group(members={"z_loss": [-1.0]})), "members.z_loss"),
+    "member warmup negative": (train(group(members={"warmup": [-1]})), "members.warmup"),
+    "member beta2 one": (train(group(members={"beta2": [1.0]})), "members.beta2"),
+    "member seed negative": (train(group(members={"seed": [0, -2]})), "members.seed"),
+    "member unknown": (train(group(members={"bogus": [1]})), "members.bogus"),
+    "width zero": (train(group(model={"width": 0})), "model.width"),
+    "heads do not divide": (train(group(model={"heads": 3})), "model.heads"),
+    "qk-layernorm value": (train(group(model={"qk_layernorm": "sometimes"})), "model.qk_layernorm"),
+    "vocab too small": (train(group(model={"vocab": "bpe:10"})), "model.vocab"),
+    "kappa negative": (train(group(model={"kappa": -1.0})), "model.kappa"),
+    "field typo": (train(group(model={"widht": 64})), "model.widht"),
+    "seq_len zero": (train(group(data={"seq_len": 0})), "data.seq_len"),
+    "batch negative": (train(group(data={"batch_size": -1})), "data.batch_size"),
+    "val fraction": (train(group(data={"val_fraction": 1.5})), "data.val_fraction"),
+    "corpus missing": (train(group(data={"corpus": "/nonexistent/corpus.txt"})), "data.corpus"),
+    "steps zero": (train(group(train={"steps": 0})), "train.steps"),
+    "precision": (train(group(train={"precision": "fp8"})), "train.precision"),
+    "compile": (train(group(train={"compile": "maybe"})), "train.compile"),
+    "device": (train(group(train={"device": "tpu"})), "train.device"),
+    "log_every negative": (train(group(train={"log_every": -1})), "train.log_every"),
+    "micro-batch does not divide": (train(group(train={"micro_batch_size": 3})),
+                                    "train.micro_batch_size"),
+    "beta1 one": (train(group(optim={"beta1": 1.0})), "optim.beta1"),
+    "clip zero": (train(group(optim={"clip": 0.0})), "optim.clip"),
+    "min_lr inf": (train(group(optim={"min_lr": float("inf")})), "optim.min_lr"),
+    "section typo": (train({**group(), "modle": {}}), "modle"),
+    # train: the file and the command line
+    "config missing": (lambda d: ["train", str(d / "none.yaml"), "--out", str(d / "out")], "no such config file"),
+    "config is a folder": (lambda d: ["train", str(d), "--out", str(d / "out")], "is a folder"),
+    "config not UTF-8": (lambda d: ["train", yaml_file(d, "x", "bad.yaml") and _bytes(d / "bad.yaml"),
+                                    "--out", str(d / "out")], "not UTF-8"),
+    "config not YAML": (lambda d: ["train", yaml_file(d, "a: [1, 2\nb: }"), "--out", str(d / "out")], "not valid YAML"),
+    "config a list": (lambda d: ["train", yaml_file(d, [1, 2]), "--out", str(d / "out")], "expected a mapping"),
+    "out is a file": (lambda d: ["train", yaml_file(d, group()), "--out", a_file(d)], "is a file, not a directory"),
+    "--set shadowed by members": (train(group(members={"lr": [1e-3, 1e-2]}), "--set", "optim.lr=0.01"),
+                                  "use --set members.lr"),
+    "--set without =": (train(group(), "--set", "optim.lr"), "expected section.field=value"),
+    "--set not a number": (train(group(), "--set", "model.width=abc"), "model.width"),
+    "--set non-finite": (train(group(), "--set", "optim.lr=.inf"), "optim.lr"),
+    # sweep
+    "spec a list": (sweep([1, 2]), "expected a mapping"),
+    "spec base a list": (sweep(spec(base=[1])), "base: expected a mapping"),
+    "spec members a list": (sweep(spec(members=[1e-3])), "members: expected a mapping"),
+    "spec axes empty values": (sweep(spec(axes={"model.qk_layernorm": []})), "axes.model.qk_layernorm"),
+    "spec unknown ladder": (sweep(spec(sizes="huge")), "sizes"),
+    "spec unknown key": (sweep(spec(grid={})), "grid"),
+    "spec parts not a list": (sweep(spec(parts={"a": 1})), "parts"),
+    "spec missing corpus": (sweep(spec(base={"data": {"corpus": "/nonexistent/c.txt"}})), "data.corpus"),
+    "spec bad lr": (sweep(spec(members={"lr": [float("nan")]})), "members.lr"),
+    "workers zero": (sweep(spec(), "--workers", "0"), "--workers"),
+    "workers negative": (sweep(spec(), "--workers", "-3"), "--workers"),
+    "workers not a number": (sweep(spec(), "--workers", "two"), "--workers"),
+    "sweep out is a file": (lambda d: ["sweep", yaml_file(d, spec()), "--out", a_file(d)], "is a file"),
+    "spec missing": (lambda d: ["sweep", str(d / "none.yaml"), "--out", str(d / "out")], "no such sweep spec"),
+    # reproduce
+    "unknown experiment": (lambda d: ["reproduce", "fig99", "--out", str(d / "out")], "fig99"),
+    "unknown scale": (lambda d: ["reproduce", "fig1", "--scale", "huge", "--out", str(d / "out")], "--scale"),
+    "reproduce out is a file": (lambda d: ["reproduce", "fig2", "--out", a_file(d)], "is a file"),
+    "reproduce workers zero": (lambda d: ["reproduce", "fig2", "--workers", "0", "--out", str(d / "out")],
+                               "--workers"),
+    # report
+    "report missing dir": (lambda d: ["report", str(d / "none")], "no such directory"),
+    "report on a file": (lambda d: ["report", a_file(d)], "is a file"),
+    "report on an empty dir": (lambda d: ["report", str((d / "empty").mkdir() or d / "empty")], "no reproduced"),
+    "unknown command": (lambda d: ["trian"], "invalid choice"),
+}
+
+
+def _bytes(path):
+    path.write_bytes(b"model: {width: \xff\xfe}\n")
+    return str(path)
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path, capsys):
+    build, expected = CASES[name]
+    argv = build(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (name, err)
+    assert len(err.splitlines()) == 1, err
+    assert expected in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "something was written"
+
+
+def test_a_group_too_big_for_memory_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(device, "free_bytes", lambda dev: 10 << 20)
+    argv = train(group(members={"lr": [1e-3] * 2, "seed": list(range(500))}))(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a group of 1000 members does not fit" in err and "GiB" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_names_the_precision_and_device_that_run(tmp_path, capsys):
+    assert main(train(group(train={"precision": "auto", "steps": 2}))(tmp_path)) == 0
+    header = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    head = header[:header.index("final eval loss")]
+    assert " on cpu" in head and ("bf16 on" in head or "fp32 on" in head) and "auto" not in head
