@@ -64,7 +64,7 @@ def test_interrupted_sweep_redoes_only_unfinished_groups(tmp_path, make_raw, mon
     s = spec(make_raw)
     full = sweep.run_sweep(s, tmp_path / "full")
     calls = []
-    real = sweep._run_one
+    real = sweep.train_job
 
     def flaky(job):
         calls.append(job[0])
@@ -72,11 +72,11 @@ def test_interrupted_sweep_redoes_only_unfinished_groups(tmp_path, make_raw, mon
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(sweep, "_run_one", flaky)
+    monkeypatch.setattr(sweep, "train_job", flaky)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(s, tmp_path / "resumed")
     calls.clear()
-    monkeypatch.setattr(sweep, "_run_one", lambda job: (calls.append(job[0]), real(job))[1])
+    monkeypatch.setattr(sweep, "train_job", lambda job: (calls.append(job[0]), real(job))[1])
     resumed = sweep.run_sweep(s, tmp_path / "resumed")
     assert len(calls) == 2  # the two groups that had not finished
     cols = [c for c in full.columns if c != "tokens_per_s"]

@@ -155,13 +155,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from . import plan, sweep
 
     spec = sweep.load_spec(args.spec)
-    groups, _, pool = sweep.prepare(spec, args.out, None, args.workers)  # every check before anything is written
+    groups, _, pool, _ = sweep.prepare(spec, args.out, None, _executor(args))  # every check before anything is written
     if args.plan:
         _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")
         return 0
     _plan_before_run(groups, pool, f"sweep {args.spec}")
     with _group_progress() as progress:
-        results = sweep.run_sweep(spec, Path(args.out), workers=args.workers, progress=progress)
+        results = sweep.run_sweep(spec, Path(args.out), progress=progress, executor=_executor(args))
     console.print(f"{Path(args.out) / 'results.parquet'}: {results.height} rows")
     return 0
 
@@ -206,8 +206,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     names = reproduce.names() if args.name == "all" else [args.name]
     out = Path(args.out)
     store.check_dir(out)
-    if args.workers < 1:
-        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
+    from .executors import executor_config
+
+    executor_config(None, _executor(args))  # flags checked before anything runs
     groups = {name: sweep.expand(reproduce.sweep_spec(reproduce.load(name), args.scale)) for name in names}
     unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
     if args.plan:
@@ -221,7 +222,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for name in names:
         console.rule(f"{name} ({args.scale})")
         with _group_progress() as progress:
-            rec = reproduce.reproduce(name, args.scale, out, workers=args.workers, progress=progress)
+            rec = reproduce.reproduce(name, args.scale, out, progress=progress, executor=_executor(args))
         console.print(sensitivity_table(rec["sensitivity"], f"{name}: LR sensitivity per group of LRs"))
         for v in rec["verdicts"]:
             colour = "green" if v["verdict"] == "reproduced" else "red"
@@ -263,6 +264,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+EXECUTOR_FLAGS = {  # flag: (ExecutorConfig field, type, help)
+    "--executor": ("kind", str, "where groups train: local (default), ray or slurm (submitit job arrays)"),
+    "--workers": ("workers", int, "local: groups trained at once; each gets cores/N threads"),
+    "--cpus-per-group": ("cpus_per_group", int, "cores per group (0 = auto)"),
+    "--gpus-per-group": ("gpus_per_group", float, "ray/slurm: GPUs per group (Ray accepts fractions)"),
+    "--ray-address": ("ray_address", str, "ray: an existing cluster's address (default: a local Ray)"),
+    "--slurm-partition": ("slurm_partition", str, "slurm: partition"),
+    "--slurm-time": ("slurm_time_min", int, "slurm: time limit per group, minutes"),
+    "--slurm-array-parallelism": ("slurm_array_parallelism", int, "slurm: array jobs running at once"),
+    "--slurm-cluster": ("slurm_cluster", str, "slurm: auto, slurm, or local (submitit subprocesses, no cluster)"),
+}
+
+
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    for flag, (_, kind, text) in EXECUTOR_FLAGS.items():
+        p.add_argument(flag, type=kind, default=None, help=text + " (overrides the spec's executor section)")
+
+
+def _executor(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor flags given on the command line, as ExecutorConfig fields (None = not given)."""
+    return {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in EXECUTOR_FLAGS.items()}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with this tool's error style: one line on stderr, exit 2 (not usage + error on two lines)."""
 
@@ -286,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a declarative sweep (sizes x switches x member scalars) into DIR")
     p.add_argument("spec", help="sweep YAML: base, sizes, axes, members")
     p.add_argument("--out", required=True, help="sweep directory (finished groups are skipped)")
-    p.add_argument("--workers", type=int, default=1, help="groups trained at once; each gets cores/N threads")
+    _executor_flags(p)
     p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what DIR already holds "
                    "and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_sweep)
@@ -298,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro: minutes on a CPU; mini: minutes per experiment on one GPU; small: one 80 GB GPU; "
                    "paper: the paper's schedule")
     p.add_argument("--out", default="runs/reproduce", help="output root (default runs/reproduce)")
-    p.add_argument("--workers", type=int, default=1)
+    _executor_flags(p)
     p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what the output root "
                    "already holds and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_reproduce)

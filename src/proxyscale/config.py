@@ -275,7 +275,9 @@ def get_path(cfg: GroupConfig, path: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
-def _section(name: str, cls: type, raw: Any) -> Any:
+def parse_section(name: str, cls: type, raw: Any) -> Any:
+    """A mapping of fields -> the dataclass ``cls``, each field checked against its type (ConfigError naming
+    ``name.field``)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -366,7 +368,7 @@ def from_dict(raw: Any) -> GroupConfig:
     for key in raw:
         if key not in valid:
             raise ConfigError(f"{key}: unknown section{_suggest(str(key), valid)}")
-    sections = {name: _section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
+    sections = {name: parse_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
     members_raw = raw.get("members") or {}
     if not isinstance(members_raw, dict):
         raise ConfigError("members: expected a mapping such as {lr: [1.0e-3, 1.0e-2]}")

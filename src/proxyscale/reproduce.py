@@ -87,20 +87,21 @@ def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) 
     return [str(p.relative_to(out)) for p in made]
 
 
-def reproduce(name: str, scale: str, out: Path, workers: int = 1, progress: Any = None) -> dict[str, Any]:
+def reproduce(name: str, scale: str, out: Path, workers: int | None = None, progress: Any = None,
+              executor: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json."""
     exp = load(name)
     spec = sweep_spec(exp, scale)
-    groups, exp_out, pool = sweep.prepare(spec, out / name, out / "groups", workers)  # before anything is written
-    with store.lock(exp_out):
-        return _reproduce_locked(exp, scale, spec, groups, exp_out, pool, workers, progress)
+    groups, exp_out, pool, ex = sweep.prepare(spec, out / name, out / "groups", {"workers": workers, **(executor or {})})
+    with store.lock(exp_out):  # checked above: nothing is written before this
+        return _reproduce_locked(exp, scale, spec, groups, exp_out, pool, ex, progress)
 
 
 def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], groups: list[sweep.Group],
-                      exp_out: Path, pool: Path, workers: int, progress: Any) -> dict[str, Any]:
+                      exp_out: Path, pool: Path, executor: Any, progress: Any) -> dict[str, Any]:
     name = exp["name"]
     start = time.perf_counter()
-    results = sweep.run_locked(spec, groups, exp_out, pool, workers, progress)
+    results = sweep.run_locked(spec, groups, exp_out, pool, executor, progress)
     figures = _figures(exp, results, exp_out, pool)
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
     table = sensitivity_table(results, exp)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,11 @@ from . import config as config_mod
 from . import ladder, store, table
 from .config import ConfigError, GroupConfig
 from .data import check_corpus
+from .executors import ExecutorConfig, cpus_per_group, executor_config
+from .executors import run as run_jobs
 from .store import StoreError
 
-SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels")
+SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels", "executor")
 PART_KEYS = ("base", "sizes", "axes", "members", "labels")
 
 
@@ -155,54 +156,53 @@ def _with_threads(cfg: GroupConfig, threads: int) -> GroupConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
 
 
-def _run_one(args: tuple[str, dict, str, int]) -> str:
-    """Worker entry (top-level for multiprocessing): train one group into pool/<id>."""
-    gid, raw_cfg, pool, threads = args
+def train_job(job: tuple[str, dict, str, int]) -> str:
+    """The one job every executor runs (top-level, so it pickles): train group ``id`` into ``pool/<id>``."""
+    gid, raw_cfg, pool, threads = job
     from .train import train_group
 
     cfg = config_mod.from_dict(raw_cfg)
-    if cfg.train.threads == 0:  # auto: cores / workers, so N workers never oversubscribe the machine
+    if cfg.train.threads == 0:  # auto: the cores the executor gave this group, so workers never oversubscribe
         cfg = _with_threads(cfg, threads)
     train_group(cfg, Path(pool) / gid, wait=True)  # a group another worker holds: wait, then it is finished
     return gid
 
 
-def run_sweep(spec: dict[str, Any], out: str | Path, workers: int = 1, progress: Any = None,
-              pool: str | Path | None = None) -> pl.DataFrame:
+def run_sweep(spec: dict[str, Any], out: str | Path, workers: int | None = None, progress: Any = None,
+              pool: str | Path | None = None, executor: dict[str, Any] | None = None) -> pl.DataFrame:
     """Run every group of ``spec`` (skipping finished ones) and write ``out/results.parquet``.
 
     Groups live in ``pool/<id>`` (default ``out/groups``); experiments that share a pool share identical groups.
     ``out`` has one writer at a time; each group folder too, so two sweeps over one pool never train a group twice.
+    ``executor`` overrides the spec's ``executor`` section (see ``executors.ExecutorConfig``).
     """
-    groups, out, pool = prepare(spec, out, pool, workers)
+    groups, out, pool, ex = prepare(spec, out, pool, {"workers": workers, **(executor or {})})
     with store.lock(out):
-        return run_locked(spec, groups, out, pool, workers, progress)
+        return run_locked(spec, groups, out, pool, ex, progress)
 
 
-def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, workers: int
-            ) -> tuple[list[Group], Path, Path]:
-    """Everything checked before anything is written: the spec, ``--workers``, the directories, the corpora."""
+def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, executor: dict[str, Any] | None = None
+            ) -> tuple[list[Group], Path, Path, ExecutorConfig]:
+    """Everything checked before anything is written: the spec, the executor, the directories, the corpora."""
     groups = expand(spec)
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"--workers: must be at least 1, got {workers}")
+    ex = executor_config(spec.get("executor"), executor)
     out = Path(out)
     pool = Path(pool) if pool is not None else out / "groups"
     store.check_dir(out)
     store.check_dir(pool, "the group pool")
     for data_cfg in {g.cfg.data.corpus: g.cfg.data for g in groups}.values():
         check_corpus(data_cfg)
-    return groups, out, pool
+    return groups, out, pool, ex
 
 
-def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path, workers: int,
+def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path, executor: ExecutorConfig,
                progress: Any) -> pl.DataFrame:
     """``run_sweep`` for a caller that already holds ``out``'s lock (``reproduce`` writes more into it)."""
     store.write_json(out / "spec.json", spec)
     todo = [g for g in groups if not store.finished(pool / g.id)]  # a damaged finished group is set aside: retrained
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0,
                              left=len(todo)) if progress else None
-    jobs = [(g.id, g.cfg.to_dict(), str(pool), threads) for g in todo]
+    jobs = [(g.id, g.cfg.to_dict(), str(pool.resolve()), cpus_per_group(executor)) for g in todo]
     start = time.perf_counter()
 
     def show(done: int, running: int) -> None:
@@ -210,21 +210,11 @@ def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path,
             progress.update(task, completed=len(groups) - len(todo) + done, running=running,
                             left=len(todo) - done - running)
 
-    if workers <= 1:
-        for i, job in enumerate(jobs):
-            show(i, 1)
-            _run_one(job)
-        show(len(jobs), 0)
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers) as workers_pool:
-            show(0, min(workers, len(jobs)))
-            for i, _ in enumerate(workers_pool.imap_unordered(_run_one, jobs), start=1):
-                show(i, min(workers, len(jobs) - i))
+    for _ in run_jobs(train_job, jobs, executor, out, show):
+        pass
     results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
-    store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo),
+    store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo), "executor": executor.kind,
                                           "seconds": round(time.perf_counter() - start, 1)})
     return results
 
