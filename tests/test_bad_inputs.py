@@ -78,6 +78,9 @@ CASES = {
     "clip zero": (train(group(optim={"clip": 0.0})), "optim.clip"),
     "min_lr inf": (train(group(optim={"min_lr": float("inf")})), "optim.min_lr"),
     "section typo": (train({**group(), "modle": {}}), "modle"),
+    "unknown logger": (train(group(train={"log_to": ["tensorbord"]})), "train.log_to: unknown logger 'tensorbord'"),
+    "--log-to unknown": (train(group(), "--log-to", "mlflow"), "train.log_to"),
+    "unknown executor": (sweep(spec(), "--executor", "k8s"), "executor.kind"),
     # train: the file and the command line
     "config missing": (lambda d: ["train", str(d / "none.yaml"), "--out", str(d / "out")], "no such config file"),
     "config is a folder": (lambda d: ["train", str(d), "--out", str(d / "out")], "is a folder"),

@@ -61,7 +61,7 @@ def print_summary(summary: dict, title: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_group  # deferred: torch loads only for commands that train
 
-    cfg = config_mod.load(args.config, args.set)
+    cfg = config_mod.load(args.config, args.set + ([f"train.log_to={args.log_to}"] if args.log_to else []))
     out = Path(args.out)
     k = len(cfg.member_list())
     from .device import resolve_compile, resolve_device, resolve_precision
@@ -155,6 +155,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from . import plan, sweep
 
     spec = sweep.load_spec(args.spec)
+    if args.log_to:
+        spec = sweep.merge(spec, {"base": {"train": {"log_to": args.log_to}}})
     groups, _, pool, _ = sweep.prepare(spec, args.out, None, _executor(args))  # every check before anything is written
     if args.plan:
         _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")
@@ -209,7 +211,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .executors import executor_config
 
     executor_config(None, _executor(args))  # flags checked before anything runs
-    groups = {name: sweep.expand(reproduce.sweep_spec(reproduce.load(name), args.scale)) for name in names}
+    groups = {name: sweep.expand(reproduce.sweep_spec(reproduce.load(name), args.scale, args.log_to)) for name in names}
     unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
     if args.plan:
         p = plan.make(unique, out / "groups", probe=True)
@@ -222,7 +224,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for name in names:
         console.rule(f"{name} ({args.scale})")
         with _group_progress() as progress:
-            rec = reproduce.reproduce(name, args.scale, out, progress=progress, executor=_executor(args))
+            rec = reproduce.reproduce(name, args.scale, out, progress=progress, executor=_executor(args),
+                                      log_to=args.log_to)
         console.print(sensitivity_table(rec["sensitivity"], f"{name}: LR sensitivity per group of LRs"))
         for v in rec["verdicts"]:
             colour = "green" if v["verdict"] == "reproduced" else "red"
@@ -277,7 +280,13 @@ EXECUTOR_FLAGS = {  # flag: (ExecutorConfig field, type, help)
 }
 
 
+def _log_to_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-to", default=None, metavar="tensorboard,wandb",
+                   help="also stream every recorded column to TensorBoard and/or W&B (offline) (train.log_to)")
+
+
 def _executor_flags(p: argparse.ArgumentParser) -> None:
+    _log_to_flag(p)
     for flag, (_, kind, text) in EXECUTOR_FLAGS.items():
         p.add_argument(flag, type=kind, default=None, help=text + " (overrides the spec's executor section)")
 
@@ -306,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set optim.lr=0.01 --set members.lr=[0.001,0.01]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _log_to_flag(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("sweep", help="run a declarative sweep (sizes x switches x member scalars) into DIR")
     p.add_argument("spec", help="sweep YAML: base, sizes, axes, members")

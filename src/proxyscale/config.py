@@ -109,6 +109,10 @@ class TrainConfig:
     a much smaller activation memory, so larger groups fit."""
     checkpoint_every: int = 200
     """Save a resumable checkpoint every this many steps."""
+    log_to: tuple[str, ...] = ()
+    """Also stream every recorded column, one run per member tagged by its scalars, to ``tensorboard`` and/or
+    ``wandb`` (offline unless WANDB_MODE says otherwise); a sweep's figures go there too. Not part of a run's
+    identity: it changes where numbers go, not the numbers."""
     divergence_margin: float = 1.0
     """A member whose train loss stays above ℓ0 + margin (nats) for ``divergence_window`` steps is
     marked diverged and frozen (inferred; NaN/Inf loss freezes at once)."""
@@ -142,6 +146,9 @@ class OptimConfig:
     rms_scaled_lr: bool = False
     """Scale each tensor's LR by max(RMS(p), 1e-3), Adafactor-style (Appendix E.14)."""
 
+
+LOG_TO = ("tensorboard", "wandb")
+"""The loggers ``train.log_to`` may name (see ``loggers``)."""
 
 MEMBER_SCALARS = ("lr", "weight_decay", "independent_weight_decay", "eps", "beta2", "z_loss", "warmup", "seed")
 """Scalars that may differ between the K members of one group (DESIGN.md: the member axis)."""
@@ -200,6 +207,11 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's type; YAML quirks (``1e-3`` read as text) are accepted."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is tuple:  # a list of names, e.g. train.log_to: [tensorboard, wandb] (or "tensorboard,wandb")
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}: expected a list of names, got {value!r}")
+        return tuple(items)
     if origin is Literal:
         if isinstance(value, bool) and "off" in args:  # YAML 1.1 reads unquoted off/on/true/false as booleans
             return "off" if not value else "head" if where.endswith("qk_layernorm") else "on"
@@ -319,6 +331,9 @@ def _validate(cfg: GroupConfig) -> None:
         raise ConfigError(f"train.log_every: must be >= 0 (0 = auto), got {t.log_every}")
     if t.micro_batch_size < 0:
         raise ConfigError(f"train.micro_batch_size: must be >= 0 (0 = auto), got {t.micro_batch_size}")
+    for name in t.log_to:
+        if name not in LOG_TO:
+            raise ConfigError(f"train.log_to: unknown logger {name!r}; valid: {', '.join(LOG_TO)}")
     if t.threads < 0:
         raise ConfigError(f"train.threads: must be >= 0, got {t.threads}")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):

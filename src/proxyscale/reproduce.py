@@ -11,7 +11,7 @@ import polars as pl
 import yaml
 
 from . import claims as claims_mod
-from . import plots, store, sweep
+from . import loggers, plots, store, sweep
 from .config import ConfigError
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
@@ -73,11 +73,12 @@ def load(name: str) -> dict[str, Any]:
     return {**exp, "scales": resolved}
 
 
-def sweep_spec(exp: dict[str, Any], scale: str) -> dict[str, Any]:
-    """The sweep spec of a loaded experiment at ``scale``."""
+def sweep_spec(exp: dict[str, Any], scale: str, log_to: str | None = None) -> dict[str, Any]:
+    """The sweep spec of a loaded experiment at ``scale`` (``log_to``: stream it to TensorBoard/W&B too)."""
     if scale not in exp["scales"]:
         raise ConfigError(f"--scale: {scale!r} not defined for {exp['name']}; valid: {', '.join(exp['scales'])}")
-    return {"name": exp["name"], **exp["scales"][scale]["spec"]}
+    spec = {"name": exp["name"], **exp["scales"][scale]["spec"]}
+    return sweep.merge(spec, {"base": {"train": {"log_to": log_to}}}) if log_to else spec
 
 
 def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) -> list[str]:
@@ -88,10 +89,10 @@ def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) 
 
 
 def reproduce(name: str, scale: str, out: Path, workers: int | None = None, progress: Any = None,
-              executor: dict[str, Any] | None = None) -> dict[str, Any]:
+              executor: dict[str, Any] | None = None, log_to: str | None = None) -> dict[str, Any]:
     """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json."""
     exp = load(name)
-    spec = sweep_spec(exp, scale)
+    spec = sweep_spec(exp, scale, log_to)
     groups, exp_out, pool, ex = sweep.prepare(spec, out / name, out / "groups", {"workers": workers, **(executor or {})})
     with store.lock(exp_out):  # checked above: nothing is written before this
         return _reproduce_locked(exp, scale, spec, groups, exp_out, pool, ex, progress)
@@ -103,6 +104,7 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
     start = time.perf_counter()
     results = sweep.run_locked(spec, groups, exp_out, pool, executor, progress)
     figures = _figures(exp, results, exp_out, pool)
+    loggers.log_figures(loggers.sweep_kinds(groups), exp_out, name, [exp_out / f for f in figures])
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
     table = sensitivity_table(results, exp)
     # from-scratch cost: the training time of every group this experiment needs, shared ones included

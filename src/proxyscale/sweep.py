@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from . import config as config_mod
-from . import ladder, store, table
+from . import ladder, loggers, store, table
 from .config import ConfigError, GroupConfig
 from .data import check_corpus
 from .executors import ExecutorConfig, cpus_per_group, executor_config
@@ -214,6 +214,12 @@ def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path,
         pass
     results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
+    kinds = loggers.sweep_kinds(groups)
+    if kinds and results.height:  # the sweep's LR-vs-loss figure goes where its groups' numbers went
+        from . import plots
+
+        loggers.log_figures(kinds, out, str(spec.get("name") or out.name),
+                            plots.lr_vs_loss(results, out / "figures" / "lr_vs_loss", title=out.name))
     store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo), "executor": executor.kind,
                                           "seconds": round(time.perf_counter() - start, 1)})
     return results

@@ -42,8 +42,9 @@ DIAGNOSTICS = ("attn_logit_max/0", "q_norm/0", "k_norm/0", "output_logit_mean", 
                "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
 """Per-step diagnostics reduced to one value per member (the mean over the tail of the run)."""
 
-NOT_IDENTITY = ("threads", "device")
-"""train.* fields that change where and how fast a group runs, never its results."""
+NOT_IDENTITY = ("threads", "device", "log_to")
+"""train.* fields that change where and how fast a group runs, or where its numbers are streamed, never its
+results."""
 
 
 # ---- the identity of a run ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import store, table
+from . import loggers, store, table
 from .analysis import lr_sensitivity, lr_sensitivity_coupled
 from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member
 from .data import Batches, TokenData, load_data
@@ -96,6 +96,7 @@ class GroupRun:
             torch.set_num_threads(t.threads)
         self.members = cfg.member_list()
         K = len(self.members)
+        loggers.check(t.log_to)  # a logger that is not installed fails here, before anything is written
         self.data = data if data is not None else load_data(cfg.data, cfg.model.vocab)
         self.vocab_size = self.data.vocab_size
         self.specs = param_specs(cfg.model, self.vocab_size)
@@ -302,7 +303,9 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
         state = store.load_checkpoint(out, run.device)
         if state is not None:
             run.restore(state)
-        summary = run.run(on_step=on_step, progress=progress)
+        with loggers.open_sinks(cfg, out, table.run_id(cfg)) as sinks:
+            run.log.sinks = sinks
+            summary = run.run(on_step=on_step, progress=progress)
         store.finish(out, table.run_id(cfg), cfg.to_dict(), run.log.frame(), summary)
         store.clear_checkpoint(out)
     return summary, True
