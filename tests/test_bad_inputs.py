@@ -159,3 +159,20 @@ def test_header_names_the_precision_and_device_that_run(tmp_path, capsys):
     header = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     head = header[:header.index("final eval loss")]
     assert " on cpu" in head and ("bf16 on" in head or "fp32 on" in head) and "auto" not in head
+
+
+def test_running_out_of_memory_mid_run_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Reported: 10,000 members died after 51 s with the CPU allocator's error. The estimate refuses what it can
+    see; what it cannot (here a step that fails to allocate at micro-batch 1) ends in one line, exit 2."""
+    from proxyscale import train as train_mod
+
+    def no_memory(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 81920000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(train_mod.GroupRun, "_loss", no_memory)
+    argv = train(group(data={"batch_size": 2}, train={"micro_batch_size": 1}))(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ran out of memory on cpu at micro-batch 1" in err
+    assert not (tmp_path / "out" / "DONE").exists() and not (tmp_path / "out" / "config.json").exists()

@@ -202,7 +202,9 @@ def plan_micro_batch(requested: int, batch: int, members: int, n_total: int, per
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+    """A CUDA out-of-memory error, or the CPU allocator's ("DefaultCPUAllocator: can't allocate memory")."""
+    text = str(err).lower()
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def train_flops_per_token(width: int, depth: int, seq_len: int, vocab: int) -> int:

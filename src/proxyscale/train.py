@@ -27,6 +27,7 @@ from .device import (
     resolve_device,
     resolve_precision,
     rows_chunk,
+    state_bytes,
 )
 from .diagnostics import MetricsLog
 from .losses import loss_parts, total_loss
@@ -108,6 +109,7 @@ class GroupRun:
         # refused here, before anything is written, when not even one sequence per member fits
         self.micro_batch = plan_micro_batch(t.micro_batch_size, cfg.data.batch_size, K, n_total, per_seq,
                                             self.device, dtype)
+        self.memory_estimate = state_bytes(K, n_total, dtype) + K * self.micro_batch * per_seq
         self.model = ProxyGPT(cfg.model, self.vocab_size, cfg.data.seq_len, self.device,
                               checkpoint_blocks=t.activation_checkpointing)
         self.batches = Batches(self.data, cfg.data, t.seed, self.device)
@@ -305,7 +307,16 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
             run.restore(state)
         with loggers.open_sinks(cfg, out, table.run_id(cfg)) as sinks:
             run.log.sinks = sinks
-            summary = run.run(on_step=on_step, progress=progress)
+            try:
+                summary = run.run(on_step=on_step, progress=progress)
+            except RuntimeError as err:  # what auto micro-batching could not absorb: one line, not a traceback
+                if not is_out_of_memory(err):
+                    raise
+                raise ConfigError(
+                    f"train: a group of {len(run.members)} members ran out of memory on {run.device} at micro-batch "
+                    f"{run.micro_batch} (estimated {run.memory_estimate / 2**30:.1f} GiB); train fewer members per "
+                    "group (split members.lr), a smaller model or batch, or set train.activation_checkpointing: "
+                    "true; a rerun resumes from the last checkpoint") from None
         store.finish(out, table.run_id(cfg), cfg.to_dict(), run.log.frame(), summary)
         store.clear_checkpoint(out)
     return summary, True
