@@ -256,6 +256,52 @@ def _print_experiments_plan(p: Any, groups: dict[str, list], scale: str) -> None
             console.print(f"[red]{g.id}[/red] ({g.labels.get('size', '')}): {g.note}", highlight=False)
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from . import forecast, report
+
+    out = Path(args.out)
+    store.check_dir(out)
+    forecast.load_target(args.target)  # a bad target fails before anything runs
+    with _group_progress() as progress:
+        rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
+                           executor=_executor(args))
+    t = rec["target"]
+    console.rule(f"forecast: d{t['width']}-L{t['depth']} (N = {t['n']:,.0f}) at LR {t['lr']:g}, "
+                 f"from the {args.scale} ladder")
+    colours = {"likely": "red", "possible": "yellow", "unlikely": "green"}
+    for v in rec["verdicts"]:
+        colour = colours.get(v["verdict"], "white")
+        console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {v['detail']}", highlight=False)
+    sens = rec["lr_sensitivity"]
+    if sens.get("ok"):
+        console.print(f"LR sensitivity at the target's N: {sens['value']:.3g} (80% interval {sens['low']:.3g}–"
+                      f"{sens['high']:.3g})")
+    bt = rec.get("backtest")
+    if bt:
+        console.print(backtest_table(bt))
+    console.print(f"{out / 'forecast' / 'forecast.json'}; report: {report.build(out)}")
+    return 0
+
+
+def backtest_table(bt: dict) -> Table | str:
+    """The backtest: per LR, the held-out size's forecast logit against the measured one, and the verdicts."""
+    if not bt.get("ok"):
+        return f"backtest: cannot be made: {bt['why']}"
+    table = Table(title=f"backtest: N = {bt['held_out_n']:,} held out, fitted on {len(bt['fit_n'])} smaller sizes")
+    for head in ("LR", "logit forecast", "logit measured", "ratio", "forecast", "measured"):
+        table.add_column(head, justify="right")
+    for r in bt["rows"]:
+        called = "–" if r["predicted_unstable"] is None else "unstable" if r["predicted_unstable"] else "stable"
+        table.add_row(f"{r['lr']:g}", _fmt(r["predicted_logit"]), _fmt(r["measured_logit"]),
+                      "–" if r["ratio"] is None else f"{r['ratio']:.2f}", called,
+                      "unstable" if r["unstable"] else "stable")
+    p, rc = bt["precision"], bt["recall"]
+    table.caption = (f"verdicts right {bt['verdicts_right']}/{bt['verdicts']}; precision "
+                     f"{'–' if p is None else f'{p:.2f}'}, recall {'–' if rc is None else f'{rc:.2f}'}; logit within "
+                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs")
+    return table
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
@@ -336,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what the output root "
                    "already holds and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("forecast", help="forecast a target run's instabilities from a ladder of proxies")
+    p.add_argument("target", help="group YAML of the run to forecast (its optim.lr is the target LR)")
+    p.add_argument("--scale", default="micro", choices=["micro", "mini", "small"], help="the ladder to train")
+    p.add_argument("--out", default="runs/forecast", help="output root (default runs/forecast)")
+    p.add_argument("--backtest", action="store_true", help="also hold out the ladder's largest size and score "
+                   "the forecast on it")
+    _executor_flags(p)
+    p.set_defaults(func=cmd_forecast)
     p = sub.add_parser("report", help="write DIR/report.html from reproduced experiments")
     p.add_argument("dir")
     p.set_defaults(func=cmd_report)

@@ -206,3 +206,37 @@ def prediction(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
     _style(ax, "non-embedding parameters N (dotted: held out of the fit)", "layer-0 max attention logit at fixed step",
            title, logy=True, legend=6)
     return _save(fig, path)
+
+
+def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> list[Path]:
+    """The forecast (``forecast.forecast``): each diagnostic of the ladder against N at the target LR, the power-law
+    fit extended to the target's N, the forecast with its 80% interval, and the threshold it is judged against."""
+    import numpy as np
+
+    from .analysis import predict
+
+    n, lr = record["n_target"], record["lr"]
+    panels = [("attn_logit_max/0", "layer-0 max attention logit", record["trends"]["attn_logit_max/0"],
+               record["logit_threshold"]),
+              ("log_z_mean", "|log Z|", record["trends"]["log_z_mean"], record["log_z_threshold"]),
+              ("grad_rms/layers.0.w1", "gradient RMS, first MLP layer", record["trends"]["grad_rms/layers.0.w1"],
+               10 * record["target"]["eps"] if "target" in record else None),
+              ("divergence_lr", "smallest unstable LR", record["divergence_lr"], lr)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
+    for ax, (_col, label, t, limit) in zip(axes[0], panels):
+        pts = t.get("points") or []
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color="C0", label="ladder")
+        if t.get("ok"):
+            xs = np.geomspace(min(x for x, _ in pts), n, 40)
+            ax.plot(xs, [predict(t["fit"], x)[0] for x in xs], "-", color="C0", lw=1)
+            ax.errorbar([n], [t["value"]], yerr=[[t["value"] - t["low"]], [t["high"] - t["value"]]], fmt="s",
+                        mfc="none", color="C3", label="forecast (80%)")
+        else:
+            ax.text(0.5, 0.5, "cannot forecast:\n" + t.get("why", ""), transform=ax.transAxes, ha="center",
+                    fontsize=7, wrap=True)
+        if limit:
+            ax.axhline(limit, ls="--", color="grey", lw=1, label=f"threshold {limit:.3g}")
+        ax.axvline(n, ls=":", color="black", lw=0.8)
+        _style(ax, "non-embedding parameters N (dotted: target)", label, f"{label} at LR {lr:g}", logy=True, legend=6)
+    return _save(fig, path)

@@ -1,0 +1,343 @@
+"""Forecast a target run from a ladder of proxies (paper §3.5, Fig 9 and Fig 11 as a tool), and backtest it.
+
+``TARGET.yaml`` is a group config for one run the user cannot afford to try (any size; ``optim.lr`` its peak LR).
+The ladder is the scale's sizes, each trained with the target's interventions (qk-layernorm, z-loss, weight decay
+and its mode, ε, μParam, ...) over an LR grid around the target LR, as one group per size. Each diagnostic is fitted
+against N per LR as a power law (log-log, ``analysis.fit_log``) and extrapolated to the target's N with an 80%
+prediction interval (parameter covariance plus residual scatter, normal in log space). Then one verdict per cause:
+
+- **attention-logit growth** (§3.1.1): the layer-0 max attention logit at the target LR against a threshold
+  calibrated on the ladder (between the largest logit of a stable run and the smallest of an unstable one, when
+  they separate; else the paper's 1e4, labelled as such);
+- **output-logit divergence** (§3.1.2): the drift of log Z and the mean output logit, judged against the same kind
+  of calibrated threshold on |log Z|;
+- **update collapse from ε** (§3.4): the first MLP layer's gradient RMS against AdamW's ε (collapse once the RMS
+  is within 10× of ε);
+- **divergence LR and LR sensitivity** (§3): the smallest LR at which a size turns unstable, fitted against N.
+
+A run is *unstable* when it diverged or its final loss is worse than the best loss of its size by more than
+``margin`` nats. A forecast that cannot be made (fewer than three sizes with a value, a trend that does not fit)
+says so instead of printing a number. ``backtest`` holds out the ladder's largest size and scores the forecast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from . import store, sweep, table
+from .analysis import LR_GRID, fit_log, lr_sensitivity
+from .config import ConfigError, GroupConfig
+from .model import count_params
+
+Z80 = 1.2816
+"""z of the two-sided 80% interval of a normal: the forecast's band."""
+PAPER_LOGIT_THRESHOLD = 1e4
+"""Paper §3.5: every run whose extrapolated layer-0 logit exceeded 1e4 diverged."""
+EPS_FACTOR = 10.0
+"""An update collapses once the gradient RMS is within this factor of AdamW's ε (paper §3.4, Fig 11)."""
+MARGIN = 0.1
+"""Nats above the best loss of its size that make a run *unstable* (degraded)."""
+LADDERS = {"micro": "micro", "mini": "mini", "small": "small"}
+"""The ladder a scale forecasts from."""
+MODEL_INTERVENTIONS = ("qk_layernorm", "norm", "attn_scale", "mup", "zero_init_queries", "kappa", "attention",
+                       "tied_embeddings", "rope_base")
+OPTIM_INTERVENTIONS = ("weight_decay", "independent_weight_decay", "eps", "beta1", "beta2", "z_loss", "clip",
+                       "rms_scaled_lr", "min_lr")
+
+
+def load_target(path: str) -> GroupConfig:
+    from .config import load
+
+    target = load(path)
+    if len(target.member_list()) != 1:
+        raise ConfigError(f"{path}: members: a target is one run; give its LR as optim.lr (and no members grid)")
+    return target
+
+
+def lr_grid(lr: float) -> list[float]:
+    """The paper's grid (§3) around the target LR, with the target LR and its neighbours ×3 and ÷3 added."""
+    points = {round(x, 12) for x in (*LR_GRID, lr, lr * 3, lr / 3)}
+    return sorted(x for x in points if 1e-5 <= x <= 10)
+
+
+def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | None = None) -> dict[str, Any]:
+    """The sweep spec of the proxy ladder: the scale's base settings, the target's interventions, warm-up as the
+    same fraction of the run as the target's, one group per size over the LR grid."""
+    from .reproduce import scales
+
+    if scale not in LADDERS:
+        raise ConfigError(f"--scale: {scale!r}; valid: {', '.join(LADDERS)}")
+    shared = scales()["scales"][scale]["spec"]
+    base = sweep.merge(shared["base"], {})
+    steps = base.get("train", {}).get("steps", 100)
+    warmup = max(1, round(steps * target.optim.warmup / target.train.steps))
+    model = {f: getattr(target.model, f) for f in MODEL_INTERVENTIONS}
+    if target.model.mup != "none":
+        model["mup_base_width"] = 32  # μParam's base: the ladder's smallest width (as the experiments do)
+    optim = {f: getattr(target.optim, f) for f in OPTIM_INTERVENTIONS}
+    base = sweep.merge(base, {"model": model, "optim": {**optim, "warmup": warmup}})
+    return {"name": "forecast", "base": base, "sizes": sizes or LADDERS[scale],
+            "members": {"lr": lr_grid(target.optim.lr)}}
+
+
+# ---- fits ----------------------------------------------------------------------------------------------------------
+
+def band(fit: dict[str, Any], n: float) -> dict[str, float] | None:
+    """The fit at ``n`` with its 80% prediction interval, or None when the fit has no uncertainty estimate."""
+    import numpy as np
+
+    lx = math.log10(n)
+    basis = np.array([lx**p for p in range(fit["degree"], -1, -1)])
+    mean = float(np.polyval(fit["coef"], lx))
+    var = float(basis @ np.asarray(fit["cov"]) @ basis) + fit["sigma"] ** 2
+    if not math.isfinite(var):
+        return None
+    s = math.sqrt(var)
+    return {"value": 10**mean, "low": 10 ** (mean - Z80 * s), "high": 10 ** (mean + Z80 * s)}
+
+
+def trend(points: list[tuple[float, float]], n: float) -> dict[str, Any]:
+    """Power-law fit of |value| against N through ``points`` [(N, value)], forecast at ``n``; or why not."""
+    good = [(x, abs(y)) for x, y in points if y is not None and math.isfinite(y) and y != 0]
+    if len(good) < 3:
+        return {"ok": False, "why": f"{len(good)} sizes with a value; a trend with an interval needs 3",
+                "points": good}
+    fit = fit_log([x for x, _ in good], [y for _, y in good], 1)
+    b = band(fit, n)
+    if b is None:
+        return {"ok": False, "why": "the fit has no residual to estimate an interval from", "points": good}
+    sign = -1.0 if sum(1 for _, y in points if y is not None and y < 0) > len(good) / 2 else 1.0
+    return {"ok": True, "fit": fit, "slope": fit["coef"][0], "sign": sign, "points": good, **b}
+
+
+def unstable(results: pl.DataFrame, margin: float = MARGIN) -> pl.DataFrame:
+    """Rows with an ``unstable`` flag: diverged, or, above its size's best LR, a final loss worse than that size's
+    best by more than ``margin`` (below the best LR a worse loss is undertraining, not instability)."""
+    finite = results.with_columns(pl.col("final_eval_loss").fill_nan(None).alias("_loss"))
+    best = finite.sort("_loss", nulls_last=True).group_by("label.size").agg(
+        pl.col("_loss").first().alias("_best"), pl.col("member.lr").first().alias("_best_lr"))
+    return finite.join(best, on="label.size").with_columns(
+        (pl.col("diverged") | ((pl.col("member.lr") > pl.col("_best_lr"))
+                               & (pl.col("_loss").fill_null(1e9) > pl.col("_best") + margin))).alias("unstable")
+    ).drop("_best", "_best_lr", "_loss")
+
+
+def threshold(rows: pl.DataFrame, column: str, absolute: bool = False) -> float | None:
+    """Between the largest |value| of a stable run and the smallest of an unstable one, when they separate."""
+    values = rows.with_columns((pl.col(column).abs() if absolute else pl.col(column)).alias("_v"))
+    stable_max = values.filter(~pl.col("unstable"))["_v"].max()
+    unstable_min = values.filter(pl.col("unstable"))["_v"].min()
+    if stable_max is None or unstable_min is None or unstable_min <= stable_max or stable_max <= 0:
+        return None
+    return math.sqrt(stable_max * unstable_min)
+
+
+def divergence_lrs(rows: pl.DataFrame) -> list[tuple[float, float]]:
+    """(N, the smallest LR at which that size is unstable) for the sizes where some LR is."""
+    out = []
+    for _size, part in rows.group_by("label.size", maintain_order=True):
+        bad = part.filter(pl.col("unstable"))["member.lr"]
+        if len(bad):
+            out.append((float(part["n_params"][0]), float(bad.min())))
+    return sorted(out)
+
+
+def sensitivities(rows: pl.DataFrame) -> list[tuple[float, float]]:
+    out = []
+    for _size, part in rows.group_by("label.size", maintain_order=True):
+        part = part.sort("member.lr")
+        out.append((float(part["n_params"][0]), lr_sensitivity(part["final_eval_loss"].to_list(), part["l0"].to_list())))
+    return sorted(out)
+
+
+def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float, float]]:
+    part = table.at_lr(rows, lr).sort("n_params")
+    return [(float(n), v) for n, v in zip(part["n_params"], part[column])]
+
+
+# ---- the forecast ----------------------------------------------------------------------------------------------------
+
+def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss: float, weight_decay: float,
+             qk_layernorm: str) -> dict[str, Any]:
+    """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``)."""
+    trends = {c: trend(at_lr_points(rows, c, lr), n_target)
+              for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
+    div = trend(divergence_lrs(rows), n_target)
+    sens = trend(sensitivities(rows), n_target)
+    logit_thr = threshold(rows, "attn_logit_max/0")
+    logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
+    logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
+    logz_thr = threshold(rows, "log_z_mean", absolute=True)
+    verdicts = [
+        _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm),
+        _output_verdict(trends["log_z_mean"], trends["output_logit_mean"], logz_thr, z_loss, weight_decay),
+        _eps_verdict(trends["grad_rms/layers.0.w1"], eps),
+        _divergence_verdict(div, lr),
+    ]
+    return {"n_target": n_target, "lr": lr, "trends": trends, "divergence_lr": div, "lr_sensitivity": sens,
+            "logit_threshold": logit_thr, "logit_threshold_source": logit_thr_src, "log_z_threshold": logz_thr,
+            "verdicts": verdicts}
+
+
+def _fmt(t: dict[str, Any]) -> str:
+    return f"{t['value']:.3g} (80% interval {t['low']:.3g}–{t['high']:.3g})"
+
+
+def _level(value: float, low: float, high: float, limit: float, above: bool) -> str:
+    """likely / possible / unlikely that ``value`` passes ``limit`` (above it, or below it)."""
+    if above:
+        return "likely" if value > limit else "possible" if high > limit else "unlikely"
+    return "likely" if value < limit else "possible" if low < limit else "unlikely"
+
+
+def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows: pl.DataFrame, n: float,
+                       qk: str) -> dict[str, Any]:
+    cause = "attention-logit growth"
+    if not t["ok"]:
+        return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+    level = _level(t["value"], t["low"], t["high"], thr, above=True)
+    safe = [x for x in sorted(set(rows["member.lr"].to_list()))
+            if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n))["ok"] and tt["high"] < thr]
+    advice = []
+    if level != "unlikely":
+        if qk == "off":
+            advice.append("qk-layernorm")
+        if safe:
+            advice.append(f"LR ≤ {max(safe):g}")
+    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
+            "threshold": thr, "detail": f"layer-0 max attention logit at LR {lr:g}: {_fmt(t)}, threshold {thr:.3g} "
+            f"({src})" + (f"; suggested: {' or '.join(advice)}" if advice else "")}
+
+
+def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | None, z_loss: float,
+                    weight_decay: float) -> dict[str, Any]:
+    cause = "output-logit divergence"
+    if not logz["ok"]:
+        return {"cause": cause, "verdict": "cannot forecast", "detail": logz["why"]}
+    drift = f"|log Z| {_fmt(logz)}" + (f", mean output logit {mean['sign'] * mean['value']:.3g}" if mean["ok"] else "")
+    if thr is not None:
+        level = _level(logz["value"], logz["low"], logz["high"], thr, above=True)
+        detail = f"{drift}; threshold |log Z| {thr:.3g} (calibrated on the ladder)"
+    else:  # nothing on the ladder went unstable through log Z: judge by the drift and the mitigations in place
+        growing = logz["slope"] > 0
+        level = "possible" if growing and z_loss == 0 and weight_decay == 0 else "unlikely"
+        detail = (f"{drift}; {'grows' if growing else 'does not grow'} with N; no ladder run separates a threshold; "
+                  f"z-loss {z_loss:g}, weight decay {weight_decay:g}")
+    if level != "unlikely" and z_loss == 0:
+        detail += "; suggested: z-loss 1e-4"
+    return {"cause": cause, "verdict": level, "value": logz["value"], "low": logz["low"], "high": logz["high"],
+            "threshold": thr, "detail": detail}
+
+
+def _eps_verdict(t: dict[str, Any], eps: float) -> dict[str, Any]:
+    cause = "update collapse from ε"
+    if not t["ok"]:
+        return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+    limit = EPS_FACTOR * eps
+    level = _level(t["value"], t["low"], t["high"], limit, above=False)
+    detail = f"first MLP layer's gradient RMS {_fmt(t)} against 10·ε = {limit:.3g}"
+    if level != "unlikely":
+        detail += f"; suggested: ε ≤ {t['low'] / 100:.1g}"
+    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
+            "threshold": limit, "detail": detail}
+
+
+def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
+    cause = "divergence or degradation at the target LR"
+    if not t["ok"]:
+        return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+    level = "likely" if lr >= t["value"] else "possible" if lr >= t["low"] else "unlikely"
+    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
+            "threshold": lr, "detail": f"smallest unstable LR {_fmt(t)} against the target LR {lr:g}"}
+
+
+# ---- backtest ----------------------------------------------------------------------------------------------------------
+
+def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float, qk: str) -> dict[str, Any]:
+    """Hold out the largest size, forecast it from the others at every LR, compare with what it did."""
+    sizes = rows.select("n_params").unique().sort("n_params")["n_params"].to_list()
+    if len(sizes) < 4:
+        return {"ok": False, "why": f"{len(sizes)} sizes: a backtest needs 3 to fit and 1 to hold out"}
+    held = sizes[-1]
+    fit_rows = unstable(rows.filter(pl.col("n_params") < held))
+    truth = unstable(rows).filter(pl.col("n_params") == held)
+    out = []
+    for lr in sorted(truth["member.lr"].to_list()):
+        f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk)
+        measured = table.at_lr(truth, lr)
+        att, div = f["verdicts"][0], f["verdicts"][3]
+        called = [v["verdict"] for v in (att, div) if v["verdict"] != "cannot forecast"]
+        logit = f["trends"]["attn_logit_max/0"]
+        m_logit = measured["attn_logit_max/0"].item()
+        out.append({"lr": lr, "predicted_logit": logit.get("value"), "measured_logit": m_logit,
+                    "ratio": (logit["value"] / m_logit) if logit["ok"] and m_logit else None,
+                    "predicted_unstable": ("likely" in called) if called else None,
+                    "unstable": bool(measured["unstable"].item()), "verdicts": {v["cause"]: v["verdict"] for v in f["verdicts"]}})
+    calls = [r for r in out if r["predicted_unstable"] is not None]
+    tp = sum(r["predicted_unstable"] and r["unstable"] for r in calls)
+    fp = sum(r["predicted_unstable"] and not r["unstable"] for r in calls)
+    fn = sum((not r["predicted_unstable"]) and r["unstable"] for r in calls)
+    ratios = [r["ratio"] for r in out if r["ratio"]]
+    return {"ok": True, "held_out_n": held, "fit_n": sizes[:-1], "rows": out,
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "verdicts_right": sum(r["predicted_unstable"] == r["unstable"] for r in calls), "verdicts": len(calls),
+            "logit_within_2x": sum(1 / 2 <= r <= 2 for r in ratios), "logits": len(ratios)}
+
+
+# ---- the command -------------------------------------------------------------------------------------------------------
+
+def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, progress: Any = None,
+        executor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reuse) the ladder, forecast the target, write ``out/forecast/`` (forecast.json, verdicts.json for
+    the report, figures); with ``do_backtest`` also score the forecast on the held-out largest size."""
+    from . import plots
+
+    target = load_target(target_path)
+    spec = ladder_spec(target, scale)
+    results = sweep.run_sweep(spec, out / "ladder", progress=progress, pool=out / "groups", executor=executor)
+    rows = unstable(results)
+    n_target = float(count_params(target.model, _vocab(target)))
+    o, m = target.optim, target.model
+    record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)
+    record["target"] = {"path": target_path, "width": m.width, "depth": m.depth, "heads": m.heads, "n": n_target,
+                        "lr": o.lr, "steps": target.train.steps, "qk_layernorm": m.qk_layernorm, "z_loss": o.z_loss,
+                        "weight_decay": o.weight_decay, "eps": o.eps}
+    record["ladder"] = {"scale": scale, "sizes": rows["label.size"].unique(maintain_order=True).to_list(),
+                        "lrs": lr_grid(o.lr), "groups": results["group"].n_unique()}
+    if do_backtest:
+        record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)
+    folder = out / "forecast"
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")
+    store.write_json(folder / "forecast.json", _jsonable(record))
+    store.write_json(folder / "verdicts.json", {
+        "name": "forecast", "title": f"Forecast: d{m.width}-L{m.depth} ({n_target / 1e6:.3g}M) at LR {o.lr:g}",
+        "paper": "Forecast from a proxy ladder (paper §3.5, Fig 9; §3.4, Fig 11).", "scale": scale,
+        "command": f"proxyscale forecast {target_path} --scale {scale}", "seconds": 0.0, "why": "",
+        "figures": [str(p.relative_to(folder)) for p in figures],
+        "verdicts": [{"claim": v["cause"], "verdict": v["verdict"], "detail": v["detail"]} for v in record["verdicts"]],
+        "sensitivity": []})
+    return record
+
+
+def _vocab(cfg: GroupConfig) -> int:
+    from .config import parse_vocab
+
+    return parse_vocab(cfg.model.vocab) or 256
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items() if k != "fit"}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if dataclasses.is_dataclass(x):
+        return dataclasses.asdict(x)
+    return x

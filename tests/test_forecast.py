@@ -1,0 +1,115 @@
+"""Forecast: trends with intervals, calibrated thresholds, verdicts that say when they cannot be made, the
+backtest's scoring, and the command end to end on a tiny ladder."""
+
+import json
+import math
+
+import polars as pl
+import pytest
+import yaml
+
+from proxyscale import forecast
+from proxyscale.cli import main
+
+
+UNSTABLE_FROM = {1e4: 1.0, 1e5: 0.1, 1e6: 0.1, 1e7: 0.01, 1e8: 0.01}
+
+
+def ladder(logit=lambda n, lr: 0.1 * n**0.5 * lr, diverge_from=lambda n: UNSTABLE_FROM[n],
+           sizes=(1e4, 1e5, 1e6, 1e7), lrs=(1e-3, 1e-2, 1e-1, 1.0), noise=0.0):
+    """A synthetic results table: logits follow ``logit``; a size is unstable from ``diverge_from(N)`` up."""
+    rows = []
+    for i, n in enumerate(sizes):
+        for j, lr in enumerate(lrs):
+            bad = lr >= diverge_from(n)
+            wobble = 1 + noise * ((-1) ** (i + j))
+            rows.append({"label.size": f"s{i}", "n_params": int(n), "member.lr": lr, "l0": 5.5, "diverged": False,
+                         "final_eval_loss": 4.0 if bad else 3.0 - 0.1 * j, "attn_logit_max/0": logit(n, lr) * wobble,
+                         "output_logit_mean": -5.0 * wobble, "log_z_mean": 6.0 * wobble,
+                         "grad_rms/layers.0.w1": 1e-3 * (1e4 / n) ** 0.5 * wobble})
+    return pl.DataFrame(rows)
+
+
+def test_a_power_law_is_forecast_with_an_interval_that_holds_it():
+    pts = [(n, 2.0 * n**0.5 * (1 + 0.05 * (-1) ** i)) for i, n in enumerate([1e4, 1e5, 1e6, 1e7])]
+    t = forecast.trend(pts, 1e9)
+    assert t["ok"] and t["low"] < 2.0 * 1e9**0.5 < t["high"]
+    assert t["value"] == pytest.approx(2.0 * 1e9**0.5, rel=0.2) and t["slope"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_too_few_sizes_say_so_instead_of_a_number():
+    t = forecast.trend([(1e4, 1.0), (1e5, 2.0)], 1e9)
+    assert not t["ok"] and "needs 3" in t["why"] and "value" not in t
+    f = forecast.forecast(forecast.unstable(ladder(sizes=(1e4, 1e5))), 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")
+    assert {v["verdict"] for v in f["verdicts"]} == {"cannot forecast"}
+
+
+def test_unstable_means_above_the_best_lr_only():
+    rows = forecast.unstable(ladder())
+    small = rows.filter(pl.col("n_params") == 10_000).sort("member.lr")
+    assert small["unstable"].to_list() == [False, False, False, True]  # the undertrained low LRs are not unstable
+    assert forecast.divergence_lrs(rows) == [(1e4, 1.0), (1e5, 0.1), (1e6, 0.1), (1e7, 0.01)]
+
+
+def test_verdicts_follow_the_forecast_and_the_calibrated_threshold():
+    rows = forecast.unstable(ladder(noise=0.02))
+    f = forecast.forecast(rows, 1e9, 1e-1, 1e-8, 0.0, 0.0, "off")
+    att, out, eps, div = f["verdicts"]
+    assert f["logit_threshold_source"] == "calibrated on the ladder"
+    assert att["verdict"] == "likely" and "qk-layernorm" in att["detail"] and att["value"] > f["logit_threshold"]
+    assert eps["verdict"] == "unlikely" and eps["threshold"] == pytest.approx(1e-7)  # 1e-3·(1e4/1e9)^0.5 = 3e-6
+    assert div["verdict"] == "likely"
+    assert out["verdict"] in ("unlikely", "possible") and "log Z" in out["detail"]
+    with_qk = forecast.forecast(rows, 1e9, 1e-3, 1e-8, 0.0, 0.0, "head")["verdicts"][0]
+    assert "qk-layernorm" not in with_qk["detail"]
+    starved = forecast.forecast(rows, 1e9, 1e-1, 1e-6, 0.0, 0.0, "off")["verdicts"][2]
+    assert starved["verdict"] == "likely" and "ε ≤" in starved["detail"]  # 3e-6 < 10·1e-6
+
+
+def test_backtest_scores_the_held_out_size():
+    bt = forecast.backtest(ladder(noise=0.02), 1e-8, 0.0, 0.0, "off")
+    assert bt["ok"] and bt["held_out_n"] == 10_000_000 and len(bt["rows"]) == 4
+    assert bt["logit_within_2x"] == bt["logits"] == 4
+    assert all(r["ratio"] == pytest.approx(1.0, rel=0.2) for r in bt["rows"])
+    assert not forecast.backtest(ladder(sizes=(1e4, 1e5, 1e6)), 1e-8, 0.0, 0.0, "off")["ok"]
+
+
+def test_ladder_carries_the_targets_interventions(make_raw, tmp_path):
+    raw = make_raw(model={"qk_layernorm": "off", "width": 1024, "depth": 12, "heads": 16},
+                   optim={"lr": 0.02, "z_loss": 0.0, "weight_decay": 0.0, "eps": 1e-12, "warmup": 10},
+                   train={"steps": 100, "eval_every": 50})
+    raw.pop("members")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+    spec = forecast.ladder_spec(forecast.load_target(str(tmp_path / "t.yaml")), "micro")
+    assert spec["sizes"] == "micro" and 0.02 in spec["members"]["lr"] and 0.3 in spec["members"]["lr"]
+    assert spec["base"]["model"]["qk_layernorm"] == "off" and spec["base"]["optim"]["eps"] == 1e-12
+    assert spec["base"]["optim"]["z_loss"] == 0.0 and spec["base"]["optim"]["warmup"] == 30  # 10% of 300 steps
+    raw["members"] = {"lr": [0.1, 0.2]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["forecast", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkeypatch, capsys):
+    real = forecast.ladder_spec
+
+    def tiny(target, scale, sizes=None):  # tens of steps, four tiny sizes: the command's plumbing, not the science
+        spec = real(target, scale, [{"width": 16, "depth": 1, "heads": 1}, {"width": 32, "depth": 1, "heads": 1},
+                                    {"width": 32, "depth": 2, "heads": 1}, {"width": 64, "depth": 2, "heads": 2}])
+        spec["base"]["train"].update({"steps": 12, "eval_every": 6, "threads": 1, "precision": "fp32"})
+        spec["base"]["data"].update({"corpus": "synthetic", "seq_len": 16, "batch_size": 2})
+        spec["base"]["optim"]["warmup"] = 2
+        return spec
+
+    monkeypatch.setattr(forecast, "ladder_spec", tiny)
+    raw = make_raw(model={"qk_layernorm": "off", "width": 512, "depth": 8, "heads": 8}, optim={"lr": 0.01})
+    raw.pop("members")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["forecast", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "o"), "--backtest"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "attention-logit growth:" in out and "update collapse from ε:" in out and "backtest" in out
+    rec = json.loads((tmp_path / "o" / "forecast" / "forecast.json").read_text())
+    assert rec["target"]["width"] == 512 and len(rec["verdicts"]) == 4 and rec["backtest"]["held_out_n"] > 0
+    assert all(v["verdict"] in ("likely", "possible", "unlikely", "cannot forecast") for v in rec["verdicts"])
+    assert math.isfinite(rec["n_target"]) and (tmp_path / "o" / "forecast" / "figures" / "trends.png").exists()
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "Forecast: d512-L8" in page and "attention-logit growth" in page
