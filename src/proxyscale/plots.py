@@ -126,11 +126,20 @@ def over_steps(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
     curves = table.curves(rows, pool)
     metrics = {f"{r['label.size']}, {lines}={r[col(lines)]}": curves[(r["group"], r["member"])]
                for r in rows.iter_rows(named=True)}
+    return curves_over_steps(metrics, path, columns, title, logy or [])
+
+
+def curves_over_steps(metrics: dict[str, pl.DataFrame], path: Path, columns: list[str], title: str = "",
+                      logy: list[bool] | None = None) -> list[Path]:
+    """One panel per column of ``metrics.parquet`` frames against step, one line per labelled frame (a member of
+    a group, or a monitored model)."""
     logy = logy or []
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
     for j, column in enumerate(columns):
         ax = axes[0][j]
         for label, df in metrics.items():
+            if column not in df.columns:
+                continue
             d = df.filter(pl.col(column).is_not_null()).sort("step")
             ax.plot(d["step"], d[column], label=label, lw=1.2)
         if j < len(logy) and logy[j]:

@@ -92,6 +92,25 @@ def _sweep_record(root: Path) -> dict[str, Any]:
             "sensitivity": sensitivity_frame(results, by).to_dicts()}
 
 
+def _monitor_record(root: Path) -> dict[str, Any]:
+    """A monitored model (``proxyscale.monitor``) as one report section: its curves and its alarms."""
+    import polars as pl
+
+    from . import plots
+
+    info, metrics = store.read_json(root / "monitor.json"), pl.read_parquet(root / "metrics.parquet")
+    alarms = store.read_json(root / "alarms.json") if (root / "alarms.json").exists() else []
+    logits = [c for c in metrics.columns if c.startswith("attn_logit_max/")]
+    columns = [c for c in ("loss", *logits[:1], "log_z_mean", "grad_norm") if c in metrics.columns]
+    figures = plots.curves_over_steps({info["model"]: metrics}, root / "figures" / "monitor", columns,
+                                      f"monitor: {info['model']}", [False, True, False, True])
+    return {"name": "monitor", "title": f"Monitor: {info['model']} ({info['attention']})", "scale": "",
+            "command": "proxyscale.monitor.attach(...)", "seconds": 0.0, "figures": [str(p.relative_to(root))
+                                                                                  for p in figures],
+            "verdicts": [{"claim": a["cause"], "verdict": f"alarm at step {a['step']}", "detail": a["message"]}
+                         for a in alarms], "sensitivity": []}
+
+
 def build(root: Path) -> Path:
     """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``), or
     from a sweep directory's ``results.parquet``. Damaged records are set aside and named in the page."""
@@ -102,11 +121,14 @@ def build(root: Path) -> Path:
     records = sorted(root.glob("*/verdicts.json"), key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name))
     records += [root / "verdicts.json"] if (root / "verdicts.json").exists() else []
     sweep_dir = not records and (root / "results.parquet").exists()
-    if not records and not sweep_dir:
-        raise store.StoreError(f"{root}: no reproduced experiments (*/verdicts.json) or sweep results "
-                               "(results.parquet) found; run proxyscale reproduce or sweep first", exit_code=2)
+    monitor_dir = not records and (root / "monitor.json").exists()
+    if not records and not sweep_dir and not monitor_dir:
+        raise store.StoreError(f"{root}: no reproduced experiments (*/verdicts.json), sweep results "
+                               "(results.parquet) or monitor (monitor.json) found; run proxyscale reproduce or sweep "
+                               "first", exit_code=2)
     sections, summary, damaged = [], [], []
-    loaded = [(root, _sweep_record(root))] if sweep_dir else [(path.parent, _read_record(path)) for path in records]
+    loaded = ([(root, _sweep_record(root))] if sweep_dir else [(root, _monitor_record(root))] if monitor_dir
+              else [(path.parent, _read_record(path)) for path in records])
     for folder, rec in loaded:
         if rec is None:
             damaged.append(folder.name)

@@ -1,0 +1,377 @@
+"""Watch any PyTorch training loop for the paper's instabilities, live.
+
+    mon = monitor.attach(model, optimizer, every=10, out="runs/monitor")
+    for batch in data:
+        logits = model(x)                      # [B, T, V]
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        if not mon.step(loss, logits):         # False only with on_alarm="skip" and an alarm this step
+            optimizer.zero_grad(); continue
+        optimizer.step(); optimizer.zero_grad()
+    mon.close()                                # DIR/metrics.parquet, DIR/alarms.json, DIR/monitor.json
+
+Every ``every`` steps it records, in the schema of proxyscale's own ``metrics.parquet`` (member 0): the max
+pre-softmax attention logit and mean q/k norms per layer (paper §3.1.1), the output-logit mean and log Z (§3.1.2),
+the gradient norm, per-tensor gradient / update / parameter RMS (§3.4; update RMS = RMS(Δθ)/LR, the AdamW step in
+units of the LR, weight decay included), and the RMS of each block's output (Appendix C.1).
+
+The attention is found without help in Hugging Face ``transformers`` GPT-2 (``GPT2Attention``) and Llama-family
+models (``*Attention`` with ``q_proj``/``k_proj``, rotary embeddings and grouped keys applied as the model does),
+and in nanoGPT-style ``CausalSelfAttention`` (a fused ``c_attn``); for other models name the q/k projections
+(``qk={"layer0": (q_module, k_module)}``) or give their weights (``qk_weights``), from which only the bound
+‖W_q‖₂·‖W_k‖₂·‖x‖² / √d_head is known: it is recorded as ``attn_logit_bound/<layer>``, never as a logit.
+
+Alarms, each with its cause and what the paper suggests: attention logits growing toward ``logit_threshold``
+(§3.1.1: qk-layernorm, or a lower LR), log Z drifting by ``log_z_drift`` nats (§3.1.2: z-loss 1e-4), the gradient
+RMS within 10× of AdamW's ε (§3.4: a smaller ε), a loss spike (a lower LR, a longer warm-up), and, given a
+forecast (``proxyscale forecast``), the logit leaving the forecast's 80% band. ``on_alarm``: ``warn``, ``stop``
+(raise ``TrainingStopped``) or ``skip`` (``step`` returns False so the caller skips the update).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import store
+from .diagnostics import MetricsLog
+
+
+class TrainingStopped(RuntimeError):
+    """Raised by ``Monitor.step`` with ``on_alarm="stop"``; carries the alarm."""
+
+    def __init__(self, alarm: Alarm) -> None:
+        super().__init__(alarm.message)
+        self.alarm = alarm
+
+
+@dataclass
+class Alarm:
+    step: int
+    cause: str
+    message: str
+    value: float
+
+
+@dataclass
+class _Probe:
+    """One attention layer: how to get its q, k (after RoPE) as [B, H, T, Dh], and the logit scale."""
+
+    index: int
+    kind: str
+    scale: float
+    q: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Monitor:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int, out: Path,
+                 qk: dict[str, tuple[nn.Module, nn.Module]] | None, qk_weights: dict[str, tuple[torch.Tensor,
+                 torch.Tensor]] | None, heads: int | None, logit_threshold: float, log_z_drift: float,
+                 spike_factor: float, on_alarm: str, forecast: str | Path | None) -> None:
+        if every < 1:
+            raise ValueError(f"every: must be >= 1, got {every}")
+        if on_alarm not in ("warn", "stop", "skip"):
+            raise ValueError(f"on_alarm: got {on_alarm!r}; valid: warn, stop, skip")
+        self.model, self.optimizer, self.every, self.out = model, optimizer, every, Path(out)
+        self.logit_threshold, self.log_z_drift, self.spike_factor = logit_threshold, log_z_drift, spike_factor
+        self.on_alarm = on_alarm
+        self.log = MetricsLog(1)
+        self.alarms: list[Alarm] = []
+        self.step_index = 0
+        self.handles: list[Any] = []
+        self.probes: list[_Probe] = []
+        self.block_rms: dict[int, torch.Tensor] = {}
+        self.names = {p: n for n, p in model.named_parameters()}
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.losses: list[float] = []
+        self.first_log_z: float | None = None
+        self.last_logit: float | None = None
+        self.kind = self._find_attention(qk, heads)
+        self.qk_weights = qk_weights or {}
+        self._find_blocks()
+        self.forecast_high = _forecast_high(forecast) if forecast else None
+        if optimizer is not None:
+            self.handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._after_update()))
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ---- finding the attention ------------------------------------------------------------------------------------
+    def _recording(self) -> bool:
+        return self.step_index % self.every == 0
+
+    def _find_attention(self, qk: dict[str, tuple[nn.Module, nn.Module]] | None, heads: int | None) -> str:
+        if qk:
+            for i, (_name, (q_mod, k_mod)) in enumerate(qk.items()):
+                n_heads = heads or 1
+                probe = _Probe(i, "named", 0.0)
+                self.handles.append(q_mod.register_forward_hook(self._store(probe, "q", n_heads)))
+                self.handles.append(k_mod.register_forward_hook(self._store(probe, "k", n_heads)))
+                self.probes.append(probe)
+            return "named q/k projections"
+        kinds = []
+        for module in self.model.modules():
+            name = type(module).__name__
+            if name == "GPT2Attention" and not getattr(module, "is_cross_attention", False):
+                self._fused(module, module.c_attn, module.num_heads, module.split_size,
+                            1 / math.sqrt(module.head_dim) if getattr(module, "scale_attn_weights", True) else 1.0)
+                kinds.append("transformers GPT-2")
+            elif name.endswith("Attention") and hasattr(module, "q_proj") and hasattr(module, "k_proj") \
+                    and hasattr(module, "head_dim"):
+                self._rotary(module)
+                kinds.append("transformers Llama-family")
+            elif hasattr(module, "c_attn") and hasattr(module, "n_head") and isinstance(module.c_attn, nn.Linear):
+                d = module.c_attn.out_features // 3
+                self._fused(module, module.c_attn, module.n_head, d, 1 / math.sqrt(d // module.n_head))
+                kinds.append("nanoGPT CausalSelfAttention")
+        if not self.probes:
+            print("warning: monitor: no attention module recognised; attention logits are not recorded (name the "
+                  "q/k projections with qk=..., or give qk_weights=... for the bound)", file=sys.stderr)
+            return "none"
+        return sorted(set(kinds))[0] if len(set(kinds)) == 1 else ", ".join(sorted(set(kinds)))
+
+    def _fused(self, module: nn.Module, c_attn: nn.Module, heads: int, width: int, scale: float) -> None:
+        probe = _Probe(len(self.probes), "fused", scale)
+
+        def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            if not self._recording():
+                return
+            q, k = out.detach()[..., :width], out.detach()[..., width:2 * width]
+            probe.q, probe.k = _heads(q, heads), _heads(k, heads)
+            self._record_attention(probe)
+
+        self.handles.append(c_attn.register_forward_hook(hook))
+        self.probes.append(probe)
+
+    def _rotary(self, module: nn.Module) -> None:
+        """Llama-family: q/k projections, then the model's own rotary embedding, keys repeated for grouped heads."""
+        probe = _Probe(len(self.probes), "rotary", float(getattr(module, "scaling", module.head_dim ** -0.5)))
+        rope = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb", None)
+        head_dim = module.head_dim
+
+        def capture(slot: str) -> Callable:
+            def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+                if self._recording():
+                    probe.extra[slot] = _heads(out.detach(), out.shape[-1] // head_dim)
+            return hook
+
+        def done(_mod: nn.Module, _args: Any, kwargs: dict[str, Any], _out: Any) -> None:
+            if not self._recording() or "q" not in probe.extra:
+                return
+            q, k = probe.extra.pop("q"), probe.extra.pop("k")
+            pos = kwargs.get("position_embeddings")
+            if pos is not None and rope is not None:
+                q, k = rope(q, k, *pos)
+            if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves several query heads
+                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            probe.q, probe.k = q, k
+            self._record_attention(probe)
+
+        self.handles += [module.q_proj.register_forward_hook(capture("q")),
+                         module.k_proj.register_forward_hook(capture("k")),
+                         module.register_forward_hook(done, with_kwargs=True)]
+        self.probes.append(probe)
+
+    def _store(self, probe: _Probe, slot: str, heads: int) -> Callable:
+        def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            if not self._recording():
+                return
+            setattr(probe, slot, _heads(out.detach(), heads))
+            if probe.q is not None and probe.k is not None:
+                probe.scale = probe.scale or probe.q.shape[-1] ** -0.5
+                self._record_attention(probe)
+        return hook
+
+    def _find_blocks(self) -> None:
+        """The residual blocks: the first ModuleList whose every entry holds one of the attention layers found."""
+        n = len(self.probes)
+        for module in self.model.modules():
+            if isinstance(module, nn.ModuleList) and n and len(module) == n:
+                for i, block in enumerate(module):
+                    self.handles.append(block.register_forward_hook(self._block_hook(i)))
+                return
+
+    def _block_hook(self, i: int) -> Callable:
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if self._recording():
+                x = out[0] if isinstance(out, (tuple, list)) else out
+                self.block_rms[i] = x.detach().float().pow(2).mean().sqrt()
+        return hook
+
+    # ---- measuring ------------------------------------------------------------------------------------------------
+    def _record_attention(self, probe: _Probe) -> None:
+        q, k = probe.q, probe.k
+        assert q is not None and k is not None
+        t = q.shape[-2]
+        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        best = None
+        for i in range(q.shape[0]):  # one sequence at a time: [H, T, T] stays small
+            logits = (q[i].float() @ k[i].float().transpose(-1, -2)) * probe.scale  # float32: exact
+            m = logits.masked_fill(causal, float("-inf")).amax()
+            best = m if best is None else torch.maximum(best, m)
+        probe.extra["stats"] = (best, torch.linalg.vector_norm(q.float(), dim=-1).mean(),
+                                torch.linalg.vector_norm(k.float(), dim=-1).mean())
+        probe.q = probe.k = None
+
+    def step(self, loss: torch.Tensor, logits: torch.Tensor | None = None) -> bool:
+        """Call after ``backward()`` and before ``optimizer.step()`` (and before clipping, to see the raw gradient
+        norm). Returns False only when ``on_alarm="skip"`` and an alarm fired this step."""
+        recording = self._recording()
+        fired: list[Alarm] = []
+        if recording:
+            cols = self._measure(loss, logits)
+            self.log.add(self.step_index, cols)
+            fired = self._check(cols)
+            self._snapshot()
+        self.step_index += 1
+        for alarm in fired:
+            self.alarms.append(alarm)
+            print(f"proxyscale monitor: step {alarm.step}: {alarm.message}", file=sys.stderr, flush=True)
+            if self.on_alarm == "stop":
+                self.close()
+                raise TrainingStopped(alarm)
+        return not (fired and self.on_alarm == "skip")
+
+    @torch.no_grad()
+    def _measure(self, loss: torch.Tensor, logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        cols: dict[str, Any] = {"loss": loss.detach().float()}
+        for probe in self.probes:
+            if "stats" in probe.extra:
+                m, qn, kn = probe.extra.pop("stats")
+                cols.update({f"attn_logit_max/{probe.index}": m, f"q_norm/{probe.index}": qn,
+                             f"k_norm/{probe.index}": kn})
+        for i, (wq, wk) in enumerate(self.qk_weights.values()):  # only a bound: ‖W_q‖₂·‖W_k‖₂ (× ‖x‖²/√d)
+            cols[f"attn_logit_bound/{i}"] = (torch.linalg.matrix_norm(wq.detach().float(), ord=2)
+                                             * torch.linalg.matrix_norm(wk.detach().float(), ord=2))
+        if logits is not None:
+            z = logits.detach().float()
+            cols["output_logit_mean"] = z.mean()
+            cols["log_z_mean"] = torch.logsumexp(z, dim=-1).mean()
+        grads = [(n, p.grad) for p, n in self.names.items() if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm([g.detach().float() for _, g in grads])
+            cols["grad_norm"] = torch.linalg.vector_norm(torch.stack(norms))
+            for (name, g), norm in zip(grads, norms):
+                cols[f"grad_rms/{name}"] = norm / math.sqrt(g.numel())
+        for p, name in self.names.items():
+            cols[f"param_rms/{name}"] = p.detach().float().pow(2).mean().sqrt()
+        for i, rms in self.block_rms.items():
+            cols[f"block_rms/{i}"] = rms
+        self.block_rms = {}
+        return cols
+
+    def _snapshot(self) -> None:
+        if self.optimizer is not None:
+            self.snapshot = {name: p.detach().clone() for p, name in self.names.items() if p.grad is not None}
+
+    def _after_update(self) -> None:
+        """Optimizer post-step hook: the update RMS of the step just recorded, in units of the LR."""
+        if self.snapshot is None or self.optimizer is None:
+            return
+        lr = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
+        cols = {}
+        for p, name in self.names.items():
+            if name in self.snapshot:
+                delta = (p.detach().float() - self.snapshot[name].float()).pow(2).mean().sqrt()
+                step_lr = float(lr.get(id(p), 0.0)) or 1.0
+                cols[f"update_rms/{name}"] = delta / step_lr
+        self.snapshot = None
+        if cols:
+            self.log.add(self.step_index - 1, cols)
+
+    # ---- alarms ---------------------------------------------------------------------------------------------------
+    def _check(self, cols: dict[str, Any]) -> list[Alarm]:
+        host = {k: float(v) for k, v in cols.items() if k.startswith(("attn_logit_max/", "log_z_mean", "grad_norm",
+                                                                        "loss"))}
+        s, out = self.step_index, []
+        logits = [v for k, v in host.items() if k.startswith("attn_logit_max/")]
+        if logits:
+            top = max(logits)
+            rising = self.last_logit is not None and top > self.last_logit
+            if top >= self.logit_threshold or (top >= 0.1 * self.logit_threshold and rising):
+                out.append(Alarm(s, "attention-logit growth", f"attention logits growing toward the divergence "
+                                 f"threshold: max {top:.3g} (threshold {self.logit_threshold:.3g}; paper §3.1.1); "
+                                 "use qk-layernorm, or lower the LR", top))
+            if self.forecast_high is not None and host.get("attn_logit_max/0", 0.0) > self.forecast_high:
+                out.append(Alarm(s, "left the forecast", f"layer-0 attention logit {host['attn_logit_max/0']:.3g} is "
+                                 f"above the forecast's 80% band (≤ {self.forecast_high:.3g}); the run is less stable "
+                                 "than its proxies predicted", host["attn_logit_max/0"]))
+            self.last_logit = top
+        if "log_z_mean" in host:
+            if self.first_log_z is None:
+                self.first_log_z = host["log_z_mean"]
+            drift = host["log_z_mean"] - self.first_log_z
+            if abs(drift) >= self.log_z_drift:
+                out.append(Alarm(s, "output-logit divergence", f"log Z drifted {drift:+.3g} nats since the first "
+                                 f"record (alarm at ±{self.log_z_drift:g}; paper §3.1.2); add z-loss 1e-4 (or weight "
+                                 "decay)", drift))
+        eps = self._eps()
+        n = sum(p.numel() for p in self.names if p.grad is not None)
+        if eps and "grad_norm" in host and n:
+            rms = host["grad_norm"] / math.sqrt(n)
+            if rms < 10 * eps:
+                out.append(Alarm(s, "update collapse from ε", f"gradient RMS {rms:.3g} is within 10x of AdamW's "
+                                 f"ε = {eps:g} (paper §3.4): updates shrink; lower ε (e.g. 1e-15)", rms))
+        loss = host.get("loss")
+        if loss is not None and math.isfinite(loss):
+            recent = sorted(self.losses[-20:])
+            if len(recent) >= 5 and loss > self.spike_factor * recent[len(recent) // 2]:
+                out.append(Alarm(s, "loss spike", f"loss {loss:.4g} is {loss / recent[len(recent) // 2]:.2g}x the "
+                                 "recent median; lower the LR or lengthen the warm-up (and see the logit and log Z "
+                                 "alarms for the cause)", loss))
+            self.losses.append(loss)
+        elif loss is not None:
+            out.append(Alarm(s, "loss spike", "the loss is not finite; lower the LR", loss))
+        return out
+
+    def _eps(self) -> float | None:
+        if self.optimizer is None:
+            return None
+        eps = [g.get("eps") for g in self.optimizer.param_groups if isinstance(g.get("eps"), (int, float))]
+        return min(eps) if eps else None
+
+    # ---- output ---------------------------------------------------------------------------------------------------
+    def close(self) -> Path:
+        """Remove the hooks; write DIR/metrics.parquet, DIR/alarms.json and DIR/monitor.json (atomically)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        store.write_parquet(self.out / "metrics.parquet", self.log.frame())
+        store.write_json(self.out / "alarms.json", [a.__dict__ for a in self.alarms])
+        store.write_json(self.out / "monitor.json", {"model": type(self.model).__name__, "attention": self.kind,
+                                                     "layers": len(self.probes), "every": self.every,
+                                                     "steps": self.step_index, "alarms": len(self.alarms)})
+        return self.out / "metrics.parquet"
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, H·Dh] -> [B, H, T, Dh]."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def _forecast_high(path: str | Path) -> float | None:
+    """The upper end of a forecast's 80% band for the layer-0 logit (``forecast.json`` or its folder)."""
+    p = Path(path)
+    p = p / "forecast.json" if p.is_dir() else p
+    rec = json.loads(p.read_text(encoding="utf-8"))
+    t = rec.get("trends", {}).get("attn_logit_max/0", {})
+    return t.get("high") if t.get("ok") else None
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, every: int = 10,
+           out: str | Path = "runs/monitor", qk: dict[str, tuple[nn.Module, nn.Module]] | None = None,
+           qk_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, heads: int | None = None,
+           logit_threshold: float = 1e4, log_z_drift: float = 10.0, spike_factor: float = 2.0,
+           on_alarm: str = "warn", forecast: str | Path | None = None) -> Monitor:
+    """Attach the monitor to ``model`` (and ``optimizer``, for update RMS and ε); see the module docstring."""
+    return Monitor(model, optimizer, every, Path(out), qk, qk_weights, heads, logit_threshold, log_z_drift,
+                   spike_factor, on_alarm, forecast)
