@@ -188,6 +188,16 @@ def _fmt(t: dict[str, Any]) -> str:
     return f"{t['value']:.3g} (80% interval {t['low']:.3g}–{t['high']:.3g})"
 
 
+def _verdict(cause: str, t: dict[str, Any], level: str, threshold: float | None, detail: str) -> dict[str, Any]:
+    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
+            "threshold": threshold, "detail": detail}
+
+
+def _cannot(cause: str, t: dict[str, Any]) -> dict[str, Any]:
+    """A verdict that cannot be made says why, and carries no number."""
+    return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+
+
 def _level(value: float, low: float, high: float, limit: float, above: bool) -> str:
     """likely / possible / unlikely that ``value`` passes ``limit`` (above it, or below it)."""
     if above:
@@ -199,7 +209,7 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
                        qk: str) -> dict[str, Any]:
     cause = "attention-logit growth"
     if not t["ok"]:
-        return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+        return _cannot(cause, t)
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
     safe = [x for x in sorted(set(rows["member.lr"].to_list()))
             if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n))["ok"] and tt["high"] < thr]
@@ -209,16 +219,15 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
             advice.append("qk-layernorm")
         if safe:
             advice.append(f"LR ≤ {max(safe):g}")
-    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
-            "threshold": thr, "detail": f"layer-0 max attention logit at LR {lr:g}: {_fmt(t)}, threshold {thr:.3g} "
-            f"({src})" + (f"; suggested: {' or '.join(advice)}" if advice else "")}
+    return _verdict(cause, t, level, thr, f"layer-0 max attention logit at LR {lr:g}: {_fmt(t)}, threshold "
+                    f"{thr:.3g} ({src})" + (f"; suggested: {' or '.join(advice)}" if advice else ""))
 
 
 def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | None, z_loss: float,
                     weight_decay: float) -> dict[str, Any]:
     cause = "output-logit divergence"
     if not logz["ok"]:
-        return {"cause": cause, "verdict": "cannot forecast", "detail": logz["why"]}
+        return _cannot(cause, logz)
     drift = f"|log Z| {_fmt(logz)}" + (f", mean output logit {mean['sign'] * mean['value']:.3g}" if mean["ok"] else "")
     if thr is not None:
         level = _level(logz["value"], logz["low"], logz["high"], thr, above=True)
@@ -230,30 +239,27 @@ def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | Non
                   f"z-loss {z_loss:g}, weight decay {weight_decay:g}")
     if level != "unlikely" and z_loss == 0:
         detail += "; suggested: z-loss 1e-4"
-    return {"cause": cause, "verdict": level, "value": logz["value"], "low": logz["low"], "high": logz["high"],
-            "threshold": thr, "detail": detail}
+    return _verdict(cause, logz, level, thr, detail)
 
 
 def _eps_verdict(t: dict[str, Any], eps: float) -> dict[str, Any]:
     cause = "update collapse from ε"
     if not t["ok"]:
-        return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+        return _cannot(cause, t)
     limit = EPS_FACTOR * eps
     level = _level(t["value"], t["low"], t["high"], limit, above=False)
     detail = f"first MLP layer's gradient RMS {_fmt(t)} against 10·ε = {limit:.3g}"
     if level != "unlikely":
         detail += f"; suggested: ε ≤ {t['low'] / 100:.1g}"
-    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
-            "threshold": limit, "detail": detail}
+    return _verdict(cause, t, level, limit, detail)
 
 
 def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
     cause = "divergence or degradation at the target LR"
     if not t["ok"]:
-        return {"cause": cause, "verdict": "cannot forecast", "detail": t["why"]}
+        return _cannot(cause, t)
     level = "likely" if lr >= t["value"] else "possible" if lr >= t["low"] else "unlikely"
-    return {"cause": cause, "verdict": level, "value": t["value"], "low": t["low"], "high": t["high"],
-            "threshold": lr, "detail": f"smallest unstable LR {_fmt(t)} against the target LR {lr:g}"}
+    return _verdict(cause, t, level, lr, f"smallest unstable LR {_fmt(t)} against the target LR {lr:g}")
 
 
 # ---- backtest ----------------------------------------------------------------------------------------------------------
