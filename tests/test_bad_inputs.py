@@ -115,6 +115,16 @@ CASES = {
     "reproduce out is a file": (lambda d: ["reproduce", "fig2", "--out", a_file(d)], "is a file"),
     "reproduce workers zero": (lambda d: ["reproduce", "fig2", "--workers", "0", "--out", str(d / "out")],
                                "--workers"),
+    # forecast
+    "forecast target missing": (lambda d: ["forecast", str(d / "none.yaml"), "--out", str(d / "out")],
+                                "no such config file"),
+    "forecast target a grid": (lambda d: ["forecast", yaml_file(d, group(members={"lr": [1e-3, 1e-2]})),
+                                          "--out", str(d / "out")], "a target is one run"),
+    "forecast target typo": (lambda d: ["forecast", yaml_file(d, group(model={"widht": 64})), "--out",
+                                        str(d / "out")], "model.widht"),
+    "forecast scale": (lambda d: ["forecast", yaml_file(d, group()), "--scale", "paper", "--out", str(d / "out")],
+                       "--scale"),
+    "forecast out is a file": (lambda d: ["forecast", yaml_file(d, group()), "--out", a_file(d)], "is a file"),
     # report
     "report missing dir": (lambda d: ["report", str(d / "none")], "no such directory"),
     "report on a file": (lambda d: ["report", a_file(d)], "is a file"),
