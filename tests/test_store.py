@@ -101,7 +101,8 @@ def test_damaged_checkpoint_is_set_aside_and_the_run_falls_back(tmp_path, make_r
     err = capsys.readouterr().err
     assert trained and "damaged checkpoint" in err and "set aside as state.pt.damaged-" in err
     assert same_results(out, tmp_path / "whole")  # resumed from step 4: bit-identical to the uninterrupted run
-    assert not (out / "checkpoint").exists()  # finished: checkpoints cleared, the damaged one with them
+    left = [p.name for p in (out / "checkpoint").iterdir()]  # finished: checkpoints cleared, the damaged one kept
+    assert len(left) == 1 and left[0].startswith("state.pt.damaged-")
 
 
 def test_every_checkpoint_damaged_restarts_from_scratch_in_a_sweep(tmp_path, make_raw, capsys):
@@ -212,3 +213,13 @@ def test_full_disk_while_finishing_is_one_line_exit_1(tmp_path, make_raw, monkey
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "metrics.parquet: no space left on device" in err
     assert leftovers(tmp_path) == [] and not store.is_done(tmp_path / "run")
+
+
+def test_report_reads_a_sweep_directory(tmp_path, make_raw):
+    """Reported: `proxyscale report` could not read a sweep directory."""
+    base = make_raw(train={"steps": 6, "eval_every": 3})
+    base.pop("members")
+    sweep.run_sweep({"name": "mine", "base": base, "members": {"lr": [1e-3, 1e-2]}}, tmp_path / "s")
+    assert main(["report", str(tmp_path / "s")]) == 0
+    page = (tmp_path / "s" / "report.html").read_text()
+    assert "sweep mine" in page and "data:image/png;base64," in page and "lr_sensitivity" in page

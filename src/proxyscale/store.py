@@ -273,4 +273,9 @@ def load_checkpoint(out: Path, device: torch.device) -> dict[str, Any] | None:
 
 
 def clear_checkpoint(out: Path) -> None:
-    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    """Remove a finished group's checkpoints; damaged files set aside stay (never silently deleted)."""
+    ckpt = out / CHECKPOINT
+    for name in ("state.pt", "state.prev.pt", "state.new.pt", PROGRESS):
+        (ckpt / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        ckpt.rmdir()  # only when nothing set aside is left in it
