@@ -261,7 +261,11 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     store.check_dir(out)
-    forecast.load_target(args.target)  # a bad target fails before anything runs
+    from . import sweep
+
+    target = forecast.load_target(args.target)  # a bad target fails before anything runs
+    _plan_before_run(sweep.expand(forecast.ladder_spec(target, args.scale)), out / "groups",
+                     f"forecast ladder ({args.scale})")
     with _group_progress() as progress:
         rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
                            executor=_executor(args))

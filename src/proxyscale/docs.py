@@ -30,6 +30,14 @@ def config_reference() -> str:
         lines.append("")
     member_doc = field_docs(config.GroupConfig)["members"]
     lines += ["**`members`**", "", member_doc + " Member scalars: " + ", ".join(f"`{n}`" for n in config.MEMBER_SCALARS) + ".", ""]
+    from .executors import ExecutorConfig
+
+    lines += ["**`executor`** (a sweep spec's section; `sweep`/`reproduce`/`forecast` flags override it)", "",
+              "| field | default | meaning |", "|---|---|---|"]
+    docs = field_docs(ExecutorConfig)
+    for f in dataclasses.fields(ExecutorConfig):
+        lines.append(f"| `{f.name}` | `{f.default!r}` | {docs.get(f.name, '').replace('|', '/')} |")
+    lines.append("")
     return "\n".join(lines)
 
 
