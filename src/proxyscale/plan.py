@@ -13,7 +13,7 @@ import dataclasses
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class Plan:
     device: str = ""
     probe_seconds: float = 0.0
     probed: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def tokens_left(self) -> int:

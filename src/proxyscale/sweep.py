@@ -7,9 +7,10 @@ Spec (YAML or a dict)::
     sizes: micro                       # a ladder name, micro[:3], or a list of {width, depth, heads}
     axes: {model.qk_layernorm: [head, off]}   # group-level switches (cartesian product)
     members: {lr: [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1, 3.0e-1]}  # member scalars: one group each
+    executor: {kind: ray}              # optional: where groups train (executors.ExecutorConfig)
 
-A group id is a hash of the configuration (``table.run_id``: threads and device excluded), so rerunning skips finished groups
-and resumes unfinished ones from their last checkpoint.
+A group id is a hash of the configuration (``table.run_id``: threads, device and logging excluded), so rerunning
+skips finished groups and resumes unfinished ones from their last checkpoint.
 """
 
 from __future__ import annotations
