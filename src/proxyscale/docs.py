@@ -53,7 +53,7 @@ def experiments_table(roots: dict[str, str]) -> str:
 
     from .reproduce import load, names
 
-    lines = ["| experiment | command | " + " | ".join(f"{scale}: runtime, verdicts" for scale in roots) + " |",
+    lines = ["| experiment | command | " + " | ".join(f"`--scale {scale}`: runtime, verdicts" for scale in roots) + " |",
              "|---|---|" + "---|" * len(roots)]
     for name in names():
         cells = []
