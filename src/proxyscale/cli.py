@@ -268,7 +268,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                      f"forecast ladder ({args.scale})")
     with _group_progress() as progress:
         rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
-                           executor=_executor(args))
+                           executor=_executor(args), log_to=args.log_to)
     t = rec["target"]
     console.rule(f"forecast: d{t['width']}-L{t['depth']} (N = {t['n']:,.0f}) at LR {t['lr']:g}, "
                  f"from the {args.scale} ladder")

@@ -298,13 +298,15 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
 # ---- the command -------------------------------------------------------------------------------------------------------
 
 def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, progress: Any = None,
-        executor: dict[str, Any] | None = None) -> dict[str, Any]:
+        executor: dict[str, Any] | None = None, log_to: str | None = None) -> dict[str, Any]:
     """Train (or reuse) the ladder, forecast the target, write ``out/forecast/`` (forecast.json, verdicts.json for
     the report, figures); with ``do_backtest`` also score the forecast on the held-out largest size."""
     from . import plots
 
     target = load_target(target_path)
     spec = ladder_spec(target, scale)
+    if log_to:  # stream the ladder's groups to TensorBoard / W&B too
+        spec = sweep.merge(spec, {"base": {"train": {"log_to": log_to}}})
     results = sweep.run_sweep(spec, out / "ladder", progress=progress, pool=out / "groups", executor=executor)
     rows = unstable(results)
     n_target = float(count_params(target.model, _vocab(target)))
