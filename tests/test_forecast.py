@@ -104,7 +104,13 @@ def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkey
     raw = make_raw(model={"qk_layernorm": "off", "width": 512, "depth": 8, "heads": 8}, optim={"lr": 0.01})
     raw.pop("members")
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["forecast", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "o"), "--backtest"]) == 0
+    import importlib.util
+
+    logged = importlib.util.find_spec("tensorboard") is not None  # in [test]; the flag must reach the ladder
+    assert main(["forecast", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "o"), "--backtest",
+                 *(["--log-to", "tensorboard"] if logged else [])]) == 0
+    if logged:
+        assert len(list((tmp_path / "o" / "groups").glob("*/tensorboard/m00_*"))) == 4
     out = " ".join(capsys.readouterr().out.split())
     assert "attention-logit growth:" in out and "update collapse from ε:" in out and "backtest" in out
     rec = json.loads((tmp_path / "o" / "forecast" / "forecast.json").read_text())
