@@ -70,3 +70,15 @@ def test_experiment_with_a_bad_figure_or_claim_fails_to_load(tmp_path, monkeypat
     (tmp_path / "fig1.yaml").write_text(text.replace("members: {lr: paper}", "members: {lr: papr}"))
     with pytest.raises(ConfigError, match=r"members\.lr: unknown grid 'papr'; valid: paper"):
         reproduce.load("fig1")
+
+
+@pytest.mark.parametrize("scale", ["micro", "mini"])
+def test_experiments_share_fig1s_groups(scale):
+    """The pool trains a group once: fig9 needs all of fig1's groups, and figs 8, 11 and E.14 some of them."""
+    def ids(name):
+        return {g.id for g in sweep.expand(reproduce.sweep_spec(reproduce.load(name), scale))}
+
+    fig1 = ids("fig1")
+    assert fig1 <= ids("fig9")
+    for name in ("fig8", "fig11", "e14"):
+        assert ids(name) & fig1, name
