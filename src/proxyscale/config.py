@@ -263,6 +263,15 @@ def check_call(fn: Any, where: str, /, *args: Any, **kwargs: Any) -> None:
         raise ConfigError(f"{where}: {err} for {fn.__name__}; its arguments: {', '.join(valid)}") from None
 
 
+def require_extra(where: str, module: str, extra: str) -> None:
+    """ConfigError at ``where`` unless the optional ``module`` is installed (the ``proxyscale[extra]`` extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{where}: needs the {module} package, which is not installed; "
+                          f"pip install 'proxyscale[{extra}]'")
+
+
 def is_path(path: str) -> bool:
     """Whether ``path`` names a config field (``section.field``) or a member scalar (``lr``, ``warmup``, ...)."""
     section, _, name = path.partition(".")

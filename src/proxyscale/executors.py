@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError
+from .config import ConfigError, require_extra
 from .store import StoreError
 
 
@@ -67,21 +67,10 @@ def executor_config(raw: dict[str, Any] | None, overrides: dict[str, Any] | None
     if cfg.cpus_per_group < 0 or cfg.gpus_per_group < 0 or cfg.retries < 0:
         raise ConfigError("executor: cpus_per_group, gpus_per_group and retries must be >= 0")
     if cfg.kind == "ray":
-        _require("ray", "ray")
+        require_extra("--executor ray", "ray", "ray")
     if cfg.kind == "slurm":
-        _require("submitit", "slurm")
+        require_extra("--executor slurm", "submitit", "slurm")
     return cfg
-
-
-def _require(module: str, extra: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"--executor: {module} is not installed; pip install 'proxyscale[{extra}]'")
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(ExecutorConfig)]
 
 
 def cpus_per_group(cfg: ExecutorConfig) -> int:

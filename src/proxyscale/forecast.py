@@ -30,9 +30,10 @@ from typing import Any
 import polars as pl
 
 from . import store, sweep, table
-from .analysis import LR_GRID, fit_log, lr_sensitivity
+from .analysis import LR_GRID, fit_log, sensitivity_frame
 from .config import ConfigError, GroupConfig
 from .model import count_params
+from .plan import vocab_size
 
 Z80 = 1.2816
 """z of the two-sided 80% interval of a normal: the forecast's band."""
@@ -148,11 +149,9 @@ def divergence_lrs(rows: pl.DataFrame) -> list[tuple[float, float]]:
 
 
 def sensitivities(rows: pl.DataFrame) -> list[tuple[float, float]]:
-    out = []
-    for _size, part in rows.group_by("label.size", maintain_order=True):
-        part = part.sort("member.lr")
-        out.append((float(part["n_params"][0]), lr_sensitivity(part["final_eval_loss"].to_list(), part["l0"].to_list())))
-    return sorted(out)
+    """(N, LR sensitivity) per size, as ``analysis.sensitivity_frame`` computes it (paper §3)."""
+    frame = sensitivity_frame(rows, ["label.size"])
+    return sorted(zip(frame["n_params"].cast(pl.Float64).to_list(), frame["lr_sensitivity"].to_list()))
 
 
 def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float, float]]:
@@ -309,7 +308,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
         spec = sweep.merge(spec, {"base": {"train": {"log_to": log_to}}})
     results = sweep.run_sweep(spec, out / "ladder", progress=progress, pool=out / "groups", executor=executor)
     rows = unstable(results)
-    n_target = float(count_params(target.model, _vocab(target)))
+    n_target = float(count_params(target.model, vocab_size(target)))
     o, m = target.optim, target.model
     record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)
     record["target"] = {"path": target_path, "width": m.width, "depth": m.depth, "heads": m.heads, "n": n_target,
@@ -331,12 +330,6 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
         "verdicts": [{"claim": v["cause"], "verdict": v["verdict"], "detail": v["detail"]} for v in record["verdicts"]],
         "sensitivity": []})
     return record
-
-
-def _vocab(cfg: GroupConfig) -> int:
-    from .config import parse_vocab
-
-    return parse_vocab(cfg.model.vocab) or 256
 
 
 def _jsonable(x: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member
+from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member, require_extra
 
 LOGGERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 """Logger name (``config.LOG_TO``) -> (module it needs, the extra that installs it)."""
@@ -29,14 +29,10 @@ Sink = Callable[[int, dict[str, np.ndarray]], None]
 
 def check(kinds: Sequence[str]) -> None:
     """Every logger named exists and is installed (before anything is written)."""
-    import importlib.util
-
     for kind in kinds:
         if kind not in LOGGERS:
             raise ConfigError(f"train.log_to: unknown logger {kind!r}; valid: {', '.join(LOGGERS)}")
-        module, extra = LOGGERS[kind]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"train.log_to: {kind} needs the {module} package; pip install 'proxyscale[{extra}]'")
+        require_extra(f"train.log_to: {kind}", *LOGGERS[kind])
 
 
 def member_tag(members: Sequence[Member], i: int) -> str:

@@ -65,7 +65,10 @@ class Plan:
 
 
 def vocab_size(cfg: GroupConfig) -> int:
-    return parse_vocab(cfg.model.vocab) or 256
+    """The vocabulary a group will train with: the BPE size it names, or the 256 bytes."""
+    from .data import BYTE_VOCAB
+
+    return parse_vocab(cfg.model.vocab) or BYTE_VOCAB
 
 
 def group_plan(gid: str, cfg: GroupConfig, labels: dict[str, Any], pool: Path) -> GroupPlan:

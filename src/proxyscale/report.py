@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import store
+from . import store, table
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -82,9 +82,7 @@ def _sweep_record(root: Path) -> dict[str, Any]:
         store.set_aside(root / "results.parquet", f"damaged {root / 'results.parquet'} ({err.__class__.__name__})")
         raise store.StoreError(f"{root}: its results.parquet was damaged and set aside; rerun the sweep to rebuild "
                                "it (finished groups are not retrained)") from None
-    by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
-    by += [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
-           and results[c].n_unique() > 1]
+    by = table.variant_columns(results)
     figures = plots.lr_vs_loss(results, root / "figures" / "lr_vs_loss", title=root.name)
     name = (store.read_json(root / "spec.json") or {}).get("name", root.name) if (root / "spec.json").exists() else root.name
     return {"name": str(name), "title": f"sweep {name}", "scale": "", "command": f"proxyscale sweep ... --out {root}",

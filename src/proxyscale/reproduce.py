@@ -11,7 +11,7 @@ import polars as pl
 import yaml
 
 from . import claims as claims_mod
-from . import loggers, plots, store, sweep
+from . import loggers, plots, store, sweep, table
 from .config import ConfigError
 
 EXPERIMENTS = Path(__file__).parent / "experiments"
@@ -106,7 +106,7 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
     figures = _figures(exp, results, exp_out, pool)
     loggers.log_figures(loggers.sweep_kinds(groups), exp_out, name, [exp_out / f for f in figures])
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
-    table = sensitivity_table(results, exp)
+    sens = sensitivity_table(results, exp)
     # from-scratch cost: the training time of every group this experiment needs, shared ones included
     train_seconds = sum(store.read_json(pool / gid / "summary.json").get("seconds", 0.0)
                         for gid in results["group"].unique().to_list())
@@ -115,7 +115,7 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
               "seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1),
               "groups": results["group"].n_unique(), "runs": results.height, "figures": figures,
               "verdicts": [{"claim": v.claim, "verdict": v.label, "detail": v.detail} for v in verdicts],
-              "sensitivity": table.to_dicts()}
+              "sensitivity": sens.to_dicts()}
     store.write_json(exp_out / "verdicts.json", record)
     return record
 
@@ -123,8 +123,6 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
 def sensitivity_table(results: pl.DataFrame, exp: dict[str, Any]) -> pl.DataFrame:
     from .analysis import sensitivity_frame
 
-    by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
-    by += [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
-           and results[c].n_unique() > 1]
+    by = table.variant_columns(results)
     frame = sensitivity_frame(results, by).sort(["n_params", *by[1:]])
     return frame.with_columns(pl.col("best_lr").map_elements(lambda x: x if math.isfinite(x) else None, return_dtype=pl.Float64))

@@ -116,6 +116,14 @@ def sizes(results: pl.DataFrame) -> list[str]:
     return results.sort("n_params")["label.size"].unique(maintain_order=True).to_list()
 
 
+def variant_columns(results: pl.DataFrame) -> list[str]:
+    """The columns that tell one LR curve from another: the size, every other label, and the member scalars that
+    vary (besides the LR and the seed). LR-sensitivity tables are keyed by these."""
+    by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
+    return by + [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
+                 and results[c].n_unique() > 1]
+
+
 def values(results: pl.DataFrame, name: str) -> list[Any]:
     """The distinct values of column ``name`` in order of appearance."""
     return results[col(name)].unique(maintain_order=True).to_list()
