@@ -48,7 +48,25 @@ def test_unstable_means_above_the_best_lr_only():
     rows = forecast.unstable(ladder())
     small = rows.filter(pl.col("n_params") == 10_000).sort("member.lr")
     assert small["unstable"].to_list() == [False, False, False, True]  # the undertrained low LRs are not unstable
-    assert forecast.divergence_lrs(rows) == [(1e4, 1.0), (1e5, 0.1), (1e6, 0.1), (1e7, 0.01)]
+    # each size's first unstable LR, pulled back in log LR to where its loss crosses best + 0.1 nats
+    expected = [(1e4, 0.1 * 10 ** (0.1 / 1.2)), (1e5, 0.01 * 10 ** (0.1 / 1.1)), (1e6, 0.01 * 10 ** (0.1 / 1.1)),
+                (1e7, 1e-3 * 10 ** (0.1 / 1.0))]
+    got = forecast.instability_lrs(rows)
+    assert [n for n, _ in got] == [n for n, _ in expected]
+    assert [lr for _, lr in got] == pytest.approx([lr for _, lr in expected], rel=1e-9)
+
+
+def test_instability_lr_interpolates_between_grid_points_with_the_loss_capped_at_l0():
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    sizes = {"gradual": [3.0, 2.5, 2.55, 2.75], "diverged": [3.0, 2.5, 2.52, float("nan")],
+             "never": [3.0, 2.5, 2.45, 2.5]}
+    rows = pl.DataFrame([{"label.size": name, "n_params": 10**i, "member.lr": lr, "l0": 5.5, "final_eval_loss": loss,
+                          "diverged": loss != loss} for i, (name, losses) in enumerate(sizes.items(), start=4)
+                         for lr, loss in zip(lrs, losses)])
+    got = dict(forecast.instability_lrs(forecast.unstable(rows)))
+    assert got[1e4] == pytest.approx(0.1 * 10 ** ((0.1 - 0.05) / (0.25 - 0.05)))  # gaps 0.05 → 0.25 cross 0.1
+    assert got[1e5] == pytest.approx(0.1 * 10 ** ((0.1 - 0.02) / (3.0 - 0.02)))  # NaN counts as ℓ0 = 5.5
+    assert 1e6 not in got  # no LR above the best is unstable: no instability LR, not a made-up one
 
 
 def test_verdicts_follow_the_forecast_and_the_calibrated_threshold():

@@ -13,7 +13,8 @@ prediction interval (parameter covariance plus residual scatter, normal in log s
   of calibrated threshold on |log Z|;
 - **update collapse from ε** (§3.4): the first MLP layer's gradient RMS against AdamW's ε (collapse once the RMS
   is within 10× of ε);
-- **divergence LR and LR sensitivity** (§3): the smallest LR at which a size turns unstable, fitted against N.
+- **divergence LR and LR sensitivity** (§3): the LR at which a size turns unstable (its loss crossing best +
+  ``margin``, interpolated in log LR between grid points), fitted against N.
 
 A run is *unstable* when it diverged or its final loss is worse than the best loss of its size by more than
 ``margin`` nats. A forecast that cannot be made (fewer than three sizes with a value, a trend that does not fit)
@@ -30,7 +31,7 @@ from typing import Any
 import polars as pl
 
 from . import store, sweep, table
-from .analysis import LR_GRID, fit_log, sensitivity_frame
+from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
 from .config import ConfigError, GroupConfig
 from .model import count_params
 from .plan import vocab_size
@@ -138,13 +139,26 @@ def threshold(rows: pl.DataFrame, column: str, absolute: bool = False) -> float 
     return math.sqrt(stable_max * unstable_min)
 
 
-def divergence_lrs(rows: pl.DataFrame) -> list[tuple[float, float]]:
-    """(N, the smallest LR at which that size is unstable) for the sizes where some LR is."""
+def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[float, float]]:
+    """(N, the LR at which that size turns unstable) for the sizes where some LR is: the first unstable LR above the
+    size's best, interpolated in log LR against the last stable one below it to where the capped loss crosses
+    best + ``margin`` (the grid's 3× steps would otherwise quantise the trend in N to the grid; paper §3's capped
+    loss, min(ℓ, ℓ0), so a diverged run counts as ℓ0)."""
     out = []
-    for _size, part in rows.group_by("label.size", maintain_order=True):
-        bad = part.filter(pl.col("unstable"))["member.lr"]
-        if len(bad):
-            out.append((float(part["n_params"][0]), float(bad.min())))
+    for _size, part in rows.sort("member.lr").group_by("label.size", maintain_order=True):
+        lrs, bad = part["member.lr"].to_list(), part["unstable"].to_list()
+        gaps = [capped(loss if loss is not None else math.nan, l0) for loss, l0 in zip(part["final_eval_loss"],
+                                                                                      part["l0"])]
+        best = min(range(len(lrs)), key=lambda i: gaps[i])
+        gaps = [g - gaps[best] for g in gaps]
+        first = next((i for i in range(best + 1, len(lrs)) if bad[i]), None)
+        if first is None:
+            continue
+        lo, hi = first - 1, first  # lo ≥ best: stable, its gap ≤ margin
+        frac = (margin - gaps[lo]) / (gaps[hi] - gaps[lo]) if gaps[hi] > gaps[lo] else 1.0
+        frac = min(1.0, max(0.0, frac))  # a run flagged diverged with a loss under the margin: its own LR
+        log_lr = math.log(lrs[lo]) + frac * (math.log(lrs[hi]) - math.log(lrs[lo]))
+        out.append((float(part["n_params"][0]), math.exp(log_lr)))
     return sorted(out)
 
 
@@ -166,7 +180,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``)."""
     trends = {c: trend(at_lr_points(rows, c, lr), n_target)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
-    div = trend(divergence_lrs(rows), n_target)
+    div = trend(instability_lrs(rows), n_target)
     sens = trend(sensitivities(rows), n_target)
     logit_thr = threshold(rows, "attn_logit_max/0")
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
@@ -258,7 +272,7 @@ def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
     if not t["ok"]:
         return _cannot(cause, t)
     level = "likely" if lr >= t["value"] else "possible" if lr >= t["low"] else "unlikely"
-    return _verdict(cause, t, level, lr, f"smallest unstable LR {_fmt(t)} against the target LR {lr:g}")
+    return _verdict(cause, t, level, lr, f"LR where the loss turns unstable {_fmt(t)} against the target LR {lr:g}")
 
 
 # ---- backtest ----------------------------------------------------------------------------------------------------------

@@ -230,7 +230,7 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
               ("log_z_mean", "|log Z|", record["trends"]["log_z_mean"], record["log_z_threshold"]),
               ("grad_rms/layers.0.w1", "gradient RMS, first MLP layer", record["trends"]["grad_rms/layers.0.w1"],
                10 * record["target"]["eps"] if "target" in record else None),
-              ("divergence_lr", "smallest unstable LR", record["divergence_lr"], lr)]
+              ("divergence_lr", "LR where the loss turns unstable", record["divergence_lr"], lr)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, (_col, label, t, limit) in zip(axes[0], panels):
         pts = t.get("points") or []
