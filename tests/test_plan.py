@@ -1,5 +1,7 @@
 """The plan before a run: counts, tokens and FLOPs of a tiny spec, what the pool holds, the probe's estimate."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -63,6 +65,10 @@ def test_plan_commands_print_and_write_nothing(tmp_path, make_raw, capsys):
     assert main(["reproduce", "fig2", "--out", str(tmp_path / "r"), "--plan"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "4 groups (0 done, 0 resuming, 4 new), 8 runs" in out and not (tmp_path / "r").exists()
+    target = Path(__file__).parents[1] / "examples" / "target.yaml"
+    assert main(["forecast", str(target), "--out", str(tmp_path / "f"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the micro ladder: 4 sizes × 8 LRs around the target's 1e-2
+    assert "4 groups (0 done, 0 resuming, 4 new), 32 runs" in out and not (tmp_path / "f").exists()
 
 
 def test_every_run_prints_its_totals_first(tmp_path, make_raw, capsys):

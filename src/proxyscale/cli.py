@@ -257,15 +257,20 @@ def _print_experiments_plan(p: Any, groups: dict[str, list], scale: str) -> None
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
-    from . import forecast, report
+    from . import forecast, plan, report, sweep
+    from .executors import executor_config
 
     out = Path(args.out)
     store.check_dir(out)
-    from . import sweep
 
     target = forecast.load_target(args.target)  # a bad target fails before anything runs
-    _plan_before_run(sweep.expand(forecast.ladder_spec(target, args.scale)), out / "groups",
-                     f"forecast ladder ({args.scale})")
+    executor_config(None, _executor(args))  # flags checked before anything runs
+    ladder = sweep.expand(forecast.ladder_spec(target, args.scale))
+    if args.plan:
+        _print_plan(plan.make(ladder, out / "groups", probe=True),
+                    f"plan: forecast {args.target} --scale {args.scale} into {out}")
+        return 0
+    _plan_before_run(ladder, out / "groups", f"forecast ladder ({args.scale})")
     with _group_progress() as progress:
         rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
                            executor=_executor(args), log_to=args.log_to)
@@ -393,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backtest", action="store_true", help="also hold out the ladder's largest size and score "
                    "the forecast on it")
     _executor_flags(p)
+    p.add_argument("--plan", action="store_true", help="print the ladder's groups, tokens, FLOPs, what the output "
+                   "root already holds and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_forecast)
     p = sub.add_parser("report", help="write DIR/report.html from reproduced experiments")
     p.add_argument("dir")
