@@ -202,3 +202,37 @@ def test_report_reads_a_monitor_directory(tmp_path):
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert "Monitor: NanoGPT" in page and "alarm at step" in page and "data:image/png;base64," in page
+
+
+def test_update_rms_is_the_adam_direction_weight_decay_apart_and_collapses_under_eps(tmp_path):
+    """Paper §3.4: the update RMS is that of m̂/(√v̂ + ε). On Adam's first step m̂ = g and v̂ = g², so it is ≈ 1
+    whatever the LR and the weight decay (RMS(Δθ)/LR would read 1 + λ·|θ|); with ε far above the gradient RMS it
+    collapses to ≈ RMS(g)/ε, as in Fig 11."""
+    def first_step(eps, weight_decay, opt_cls=torch.optim.AdamW, out="m"):
+        torch.manual_seed(0)
+        model = NanoGPT()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(100.0)  # large weights: the decay term λ·θ would dominate Δθ/LR
+        opt = opt_cls(model.parameters(), lr=1e-3, eps=eps, weight_decay=weight_decay)
+        mon = monitor.attach(model, opt, every=1, out=tmp_path / out)
+        x = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(0))
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        grad = model.lm_head.weight.grad.clone()
+        mon.step(loss, logits)
+        opt.step()
+        mon.close()
+        m = pl.read_parquet(tmp_path / out / "metrics.parquet").filter(pl.col("step") == 0)
+        return m["update_rms/lm_head.weight"].drop_nulls()[0], grad, json.loads((tmp_path / out / "monitor.json")
+                                                                                   .read_text())["update_rms"]
+
+    rms, grad, source = first_step(1e-12, 0.5)
+    expected = (grad / (grad.abs() + 1e-12)).pow(2).mean().sqrt().item()  # |sign(g)| where g ≠ 0
+    assert rms == pytest.approx(expected, rel=1e-5) and 0.5 < rms <= 1.0 and source.startswith("Adam direction")
+    collapsed, grad, _ = first_step(1e3, 0.5, out="eps")
+    assert collapsed == pytest.approx((grad / (grad.abs() + 1e3)).pow(2).mean().sqrt().item(), rel=1e-5)
+    assert collapsed < 1e-2 * rms  # ε ≫ RMS(g): the update collapses
+    sgd_rms, grad, source = first_step(1e-12, 0.0, opt_cls=lambda ps, lr, eps, weight_decay: torch.optim.SGD(ps, lr=lr),
+                                       out="sgd")
+    assert sgd_rms == pytest.approx(grad.pow(2).mean().sqrt().item(), rel=1e-3) and source.startswith("RMS(Δθ)/LR")

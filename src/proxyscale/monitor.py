@@ -12,8 +12,10 @@
 
 Every ``every`` steps it records, in the schema of proxyscale's own ``metrics.parquet`` (member 0): the max
 pre-softmax attention logit and mean q/k norms per layer (paper §3.1.1), the output-logit mean and log Z (§3.1.2),
-the gradient norm, per-tensor gradient / update / parameter RMS (§3.4; update RMS = RMS(Δθ)/LR, the AdamW step in
-units of the LR, weight decay included), and the RMS of each block's output (Appendix C.1).
+the gradient norm, per-tensor gradient / update / parameter RMS (§3.4), and the RMS of each block's output
+(Appendix C.1). The update RMS is that of the Adam direction m̂/(√v̂ + ε), read from the optimizer's state after the
+step, the quantity proxyscale's own runs record and the one that collapses when the gradient RMS nears ε (Fig 11);
+for an optimizer without Adam moments it is RMS(Δθ)/LR, weight decay included (``monitor.json`` says which).
 
 The attention is found without help in Hugging Face ``transformers`` GPT-2 (``GPT2Attention``) and Llama-family
 models (``*Attention`` with ``q_proj``/``k_proj``, rotary embeddings and grouped keys applied as the model does),
@@ -100,6 +102,9 @@ class Monitor:
         self.qk_weights = qk_weights or {}
         self._find_blocks()
         self.forecast_high = _forecast_high(forecast) if forecast else None
+        # Adam moments to read the update direction from (module docstring); else parameters are copied per step
+        self.adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+        self.update_source: str | None = None  # what update_rms/* measured (monitor.json)
         if optimizer is not None:
             self.handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._after_update()))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -269,20 +274,29 @@ class Monitor:
         return cols
 
     def _snapshot(self) -> None:
+        """Before the step: the parameters with a gradient (a copy only where Δθ is needed: no Adam moments)."""
         if self.optimizer is not None:
-            self.snapshot = {name: p.detach().clone() for p, name in self.names.items() if p.grad is not None}
+            self.snapshot = {name: None if self.adam else p.detach().clone()
+                             for p, name in self.names.items() if p.grad is not None}
 
     def _after_update(self) -> None:
-        """Optimizer post-step hook: the update RMS of the step just recorded, in units of the LR."""
+        """Optimizer post-step hook: the update RMS of the step just recorded (see the module docstring)."""
         if self.snapshot is None or self.optimizer is None:
             return
-        lr = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
+        groups = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
         cols = {}
         for p, name in self.names.items():
-            if name in self.snapshot:
+            if name not in self.snapshot:
+                continue
+            group, state = groups.get(id(p), {}), self.optimizer.state.get(p, {})
+            direction = adam_direction(state, group)
+            if direction is not None:
+                cols[f"update_rms/{name}"] = direction.pow(2).mean().sqrt()
+                self.update_source = "Adam direction m̂/(√v̂ + ε)"
+            elif self.snapshot[name] is not None:
                 delta = (p.detach().float() - self.snapshot[name].float()).pow(2).mean().sqrt()
-                step_lr = float(lr.get(id(p), 0.0)) or 1.0
-                cols[f"update_rms/{name}"] = delta / step_lr
+                cols[f"update_rms/{name}"] = delta / (float(group.get("lr", 0.0)) or 1.0)
+                self.update_source = "RMS(Δθ)/LR, weight decay included"
         self.snapshot = None
         if cols:
             self.log.add(self.step_index - 1, cols)
@@ -347,9 +361,25 @@ class Monitor:
         store.write_parquet(self.out / "metrics.parquet", self.log.frame())
         store.write_json(self.out / "alarms.json", [a.__dict__ for a in self.alarms])
         store.write_json(self.out / "monitor.json", {"model": type(self.model).__name__, "attention": self.kind,
+                                                     "update_rms": self.update_source,
                                                      "layers": len(self.probes), "every": self.every,
                                                      "steps": self.step_index, "alarms": len(self.alarms)})
         return self.out / "metrics.parquet"
+
+
+def adam_direction(state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor | None:
+    """The Adam direction m̂/(√v̂ + ε) of the step just taken, from ``torch.optim.Adam``/``AdamW``-style state (the
+    update divided by the LR, weight decay apart: paper §3.4's update RMS); None without Adam moments. float32: the
+    moments may be kept in bf16, and v̂ of a gradient near ε underflows there."""
+    if not {"exp_avg", "exp_avg_sq", "step"} <= state.keys() or "betas" not in group or "eps" not in group:
+        return None
+    beta1, beta2 = (float(b) for b in group["betas"])
+    t = float(state["step"])
+    if t < 1:
+        return None
+    v = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
+    m_hat = state["exp_avg"].detach().float() / (1 - beta1**t)
+    return m_hat / ((v.detach().float() / (1 - beta2**t)).sqrt() + float(group["eps"]))
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
