@@ -114,3 +114,36 @@ def test_a_sweep_logs_its_figure_and_keeps_its_group_ids(tmp_path, make_raw):
     assert results.select(cols).equals(plain.select(cols))
     acc = tensorboard_scalars(tmp_path / "s" / "tensorboard" / "figures")
     assert acc.Tags()["images"] == ["lr_vs_loss"]
+
+
+def test_a_resumed_group_logs_each_step_once(tmp_path, make_raw, monkeypatch):
+    """Interrupted after step 6 with a checkpoint at step 4: steps 4-6 were logged and come again on resume.
+    TensorBoard shows each step once, with the resumed values (those of metrics.parquet); W&B continues the same
+    run ids."""
+    from proxyscale.train import train_group
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = config.from_dict(make_raw(train={"steps": 10, "eval_every": 5, "checkpoint_every": 4, "log_every": 1,
+                                           "log_to": ["tensorboard", "wandb"]}, members={"lr": [1e-3, 1e-2]}))
+    out = tmp_path / "run"
+
+    def stop(step):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfg, out, on_step=stop)
+    train_group(cfg, out)
+    metrics = pl.read_parquet(out / "metrics.parquet")
+    for member, folder in enumerate(sorted((out / "tensorboard").iterdir())):
+        events = tensorboard_scalars(folder).Scalars("loss")
+        steps = [e.step for e in events]
+        assert sorted(steps) == sorted(set(steps)) == list(range(10)), steps
+        mine = metrics.filter((pl.col("member") == member) & pl.col("loss").is_not_null())
+        assert {e.step: e.value for e in events} == pytest.approx(dict(zip(mine["step"], mine["loss"])), rel=1e-6)
+    ids = {}
+    for f in out.glob("wandb/offline-run-*/run-*.wandb"):
+        for rec in wandb_records(f):
+            if rec.WhichOneof("record_type") == "run":
+                ids.setdefault(rec.run.run_id, []).append(f)
+    assert len(ids) == 2 and all(len(files) == 2 for files in ids.values())  # 2 members, each run continued once

@@ -4,7 +4,10 @@ Each member is its own run, named and tagged by its scalars (``lr=0.01``, ...), 
 TensorBoard gets one event folder per member under ``DIR/tensorboard/``; W&B one run per member, grouped by the
 group's id, with the member's scalars and the group's config as the run config, in offline mode unless
 ``WANDB_MODE`` says otherwise (no account needed; ``wandb sync DIR/wandb/offline-run-*`` uploads later).
-Every column ``metrics.parquet`` gets is logged at the same step. Both are optional extras:
+Every column ``metrics.parquet`` gets is logged at the same step. A resumed group restarts from its last checkpoint,
+so the steps logged after it by the interrupted process come again: TensorBoard purges the earlier ones
+(``purge_step``); a W&B run keeps its id (``resume="allow"``) and continues, and W&B ignores a step below a run's
+current one. Both are optional extras:
 ``pip install 'proxyscale[tensorboard]'`` / ``'proxyscale[wandb]'``.
 """
 
@@ -43,14 +46,15 @@ def member_tag(members: Sequence[Member], i: int) -> str:
 
 
 @contextlib.contextmanager
-def open_sinks(cfg: GroupConfig, out: Path, gid: str) -> Iterator[list[Sink]]:
-    """The sinks of ``cfg.train.log_to`` for the group in ``out``; closed (flushed) on exit."""
+def open_sinks(cfg: GroupConfig, out: Path, gid: str, start_step: int = 0) -> Iterator[list[Sink]]:
+    """The sinks of ``cfg.train.log_to`` for the group in ``out``, which (re)starts at ``start_step``; closed
+    (flushed) on exit."""
     members = cfg.member_list()
     sinks: list[Sink] = []
     closers: list[Callable[[], None]] = []
     try:
         if "tensorboard" in cfg.train.log_to:
-            sink, close = _tensorboard(out, members)
+            sink, close = _tensorboard(out, members, start_step)
             sinks.append(sink)
             closers.append(close)
         if "wandb" in cfg.train.log_to:
@@ -63,13 +67,15 @@ def open_sinks(cfg: GroupConfig, out: Path, gid: str) -> Iterator[list[Sink]]:
             close()
 
 
-def _tensorboard(out: Path, members: list[Member]) -> tuple[Sink, Callable[[], None]]:
+def _tensorboard(out: Path, members: list[Member], start_step: int) -> tuple[Sink, Callable[[], None]]:
     from torch.utils.tensorboard import SummaryWriter
 
-    writers = [SummaryWriter(log_dir=str(out / "tensorboard" / member_tag(members, i).replace(" ", "_")))
-               for i in range(len(members))]
-    for writer, m in zip(writers, members):
-        writer.add_text("member", ", ".join(f"{n}={getattr(m, n)}" for n in MEMBER_SCALARS), 0)
+    # purge_step: TensorBoard hides what an interrupted run logged from start_step on; the resumed run logs it again
+    writers = [SummaryWriter(log_dir=str(out / "tensorboard" / member_tag(members, i).replace(" ", "_")),
+                             purge_step=start_step or None) for i in range(len(members))]
+    if not start_step:
+        for writer, m in zip(writers, members):
+            writer.add_text("member", ", ".join(f"{n}={getattr(m, n)}" for n in MEMBER_SCALARS), 0)
 
     def sink(step: int, cols: dict[str, np.ndarray]) -> None:
         for i, writer in enumerate(writers):
@@ -89,8 +95,10 @@ def _wandb(cfg: GroupConfig, out: Path, gid: str, members: list[Member]) -> tupl
     from .table import flatten, identity
 
     flat = {k: v for k, v in flatten(identity(cfg)).items() if not k.startswith("members.")}
+    # one id per member, so a resumed group continues its runs (steps W&B already has are not logged twice)
     runs = [wandb.init(mode=os.environ.get("WANDB_MODE", "offline"), dir=str(out), project="proxyscale", group=gid,
-                       name=f"{gid} {member_tag(members, i)}", reinit="create_new",
+                       name=f"{gid} {member_tag(members, i)}", reinit="create_new", id=f"{gid}-m{i:02d}",
+                       resume="allow",
                        config={**{f"member.{n}": getattr(m, n) for n in MEMBER_SCALARS}, **flat},
                        tags=member_tag(members, i).split(" ")[1:] or None, settings=wandb.Settings(silent=True))
             for i, m in enumerate(members)]

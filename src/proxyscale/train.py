@@ -305,7 +305,7 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
         state = store.load_checkpoint(out, run.device)
         if state is not None:
             run.restore(state)
-        with loggers.open_sinks(cfg, out, table.run_id(cfg)) as sinks:
+        with loggers.open_sinks(cfg, out, table.run_id(cfg), run.next_step) as sinks:
             run.log.sinks = sinks
             try:
                 summary = run.run(on_step=on_step, progress=progress)
