@@ -137,3 +137,34 @@ def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkey
     assert math.isfinite(rec["n_target"]) and (tmp_path / "o" / "forecast" / "figures" / "trends.png").exists()
     page = (tmp_path / "o" / "report.html").read_text()
     assert "Forecast: d512-L8" in page and "attention-logit growth" in page
+
+
+def test_t80_is_students_t_quantile():
+    import numpy as np
+
+    def cdf(t, df):  # Student's t CDF by the trapezoid rule on its density
+        x = np.linspace(0.0, t, 20001)
+        c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+        return 0.5 + np.trapezoid(c * (1 + x**2 / df) ** (-(df + 1) / 2), x)
+
+    for df in (1, 2, 3, 5, 10, 30):
+        assert cdf(forecast.t80(df), df) == pytest.approx(0.9, abs=2e-4), df
+    assert forecast.t80(1000) == forecast.t80(30)
+    with pytest.raises(ValueError):
+        forecast.t80(0)
+
+
+@pytest.mark.parametrize("sizes", [3, 4, 6])
+def test_the_80_percent_band_holds_80_percent_of_new_sizes(sizes):
+    """Calibration: power laws with log-normal scatter, fitted on ``sizes`` sizes, extrapolated one decade; the band
+    must hold the new size's value in about 80% of 3000 ladders (a normal quantile holds ~61% at 3 sizes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ns = [10.0 ** (4 + k) for k in range(sizes)]
+    target, held = 10.0 ** (4 + sizes), 0
+    for _ in range(3000):
+        noise = 10 ** (0.1 * rng.standard_normal(sizes + 1))
+        t = forecast.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(ns, noise)], target)
+        held += t["low"] <= 2.0 * target**0.5 * noise[-1] <= t["high"]
+    assert 0.77 <= held / 3000 <= 0.83, held / 3000

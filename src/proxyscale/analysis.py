@@ -59,7 +59,8 @@ def best_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, float
 def fit_log(x: Sequence[float], y: Sequence[float], degree: int = 1) -> dict:
     """Fit log10(y) as a polynomial of log10(x): degree 1 is a power law, 2 the paper's quadratic (Fig 9).
 
-    Returns the coefficients (highest power first), their covariance and the residual std, for ``predict``.
+    Returns the coefficients (highest power first), their covariance, the residual std and the number of points
+    fitted, for ``predict`` and ``forecast.band``.
     """
     import numpy as np
 
@@ -75,7 +76,7 @@ def fit_log(x: Sequence[float], y: Sequence[float], degree: int = 1) -> dict:
         cov = cov * sigma**2
     else:  # exact fit: no residual to estimate the uncertainty from
         coef, cov, sigma = np.polyfit(lx, ly, degree), np.full((degree + 1, degree + 1), np.nan), float("nan")
-    return {"coef": coef.tolist(), "cov": cov.tolist(), "sigma": sigma, "degree": degree}
+    return {"coef": coef.tolist(), "cov": cov.tolist(), "sigma": sigma, "degree": degree, "n": int(len(lx))}
 
 
 def predict(fit: dict, x: float) -> tuple[float, float, float]:
