@@ -225,14 +225,15 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
     from .analysis import predict
 
     n, lr = record["n_target"], record["lr"]
-    panels = [("attn_logit_max/0", "layer-0 max attention logit", record["trends"]["attn_logit_max/0"],
-               record["logit_threshold"]),
-              ("log_z_mean", "|log Z|", record["trends"]["log_z_mean"], record["log_z_threshold"]),
-              ("grad_rms/layers.0.w1", "gradient RMS, first MLP layer", record["trends"]["grad_rms/layers.0.w1"],
-               10 * record["target"]["eps"] if "target" in record else None),
-              ("divergence_lr", "LR where the loss turns unstable", record["divergence_lr"], lr)]
+    at = f" at LR {lr:g}"
+    panels = [("layer-0 max attention logit", at, record["trends"]["attn_logit_max/0"], record["logit_threshold"],
+               "threshold"),
+              ("|log Z|", at, record["trends"]["log_z_mean"], record["log_z_threshold"], "threshold"),
+              ("gradient RMS, first MLP layer", at, record["trends"]["grad_rms/layers.0.w1"],
+               10 * record["target"]["eps"] if "target" in record else None, "10·ε"),
+              ("LR where the loss turns unstable", "", record["divergence_lr"], lr, "target LR")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
-    for ax, (_col, label, t, limit) in zip(axes[0], panels):
+    for ax, (label, where, t, limit, limit_name) in zip(axes[0], panels):
         pts = t.get("points") or []
         if pts:
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color="C0", label="ladder")
@@ -245,7 +246,7 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
             ax.text(0.5, 0.5, "cannot forecast:\n" + t.get("why", ""), transform=ax.transAxes, ha="center",
                     fontsize=7, wrap=True)
         if limit:
-            ax.axhline(limit, ls="--", color="grey", lw=1, label=f"threshold {limit:.3g}")
+            ax.axhline(limit, ls="--", color="grey", lw=1, label=f"{limit_name} {limit:.3g}")
         ax.axvline(n, ls=":", color="black", lw=0.8)
-        _style(ax, "non-embedding parameters N (dotted: target)", label, f"{label} at LR {lr:g}", logy=True, legend=6)
+        _style(ax, "non-embedding parameters N (dotted: target)", label, label + where, logy=True, legend=6)
     return _save(fig, path)
