@@ -42,14 +42,6 @@ T80 = (3.0777, 1.8856, 1.6377, 1.5332, 1.4759, 1.4398, 1.4149, 1.3968, 1.3830, 1
 """The 0.9 quantile of Student's t with 1..30 degrees of freedom: the half-width, in standard errors, of the
 forecast's two-sided 80% prediction interval. A ladder leaves few degrees of freedom (3 sizes and a power law: 1),
 where the normal's 1.2816 would claim a band 2.4x too narrow."""
-
-
-def t80(df: int) -> float:
-    """Student's t 0.9 quantile (``T80``); beyond 30 degrees of freedom the table's last value (within 2.2% of the
-    normal's 1.2816, on the wide side)."""
-    if df < 1:
-        raise ValueError(f"a prediction interval needs at least 1 degree of freedom, got {df}")
-    return T80[min(df, len(T80)) - 1]
 PAPER_LOGIT_THRESHOLD = 1e4
 """Paper §3.5: every run whose extrapolated layer-0 logit exceeded 1e4 diverged."""
 EPS_FACTOR = 10.0
@@ -62,6 +54,14 @@ MODEL_INTERVENTIONS = ("qk_layernorm", "norm", "attn_scale", "mup", "zero_init_q
                        "tied_embeddings", "rope_base")
 OPTIM_INTERVENTIONS = ("weight_decay", "independent_weight_decay", "eps", "beta1", "beta2", "z_loss", "clip",
                        "rms_scaled_lr", "min_lr")
+
+
+def t80(df: int) -> float:
+    """Student's t 0.9 quantile (``T80``); beyond 30 degrees of freedom the table's last value (within 2.2% of the
+    normal's 1.2816, on the wide side)."""
+    if df < 1:
+        raise ValueError(f"a prediction interval needs at least 1 degree of freedom, got {df}")
+    return T80[min(df, len(T80)) - 1]
 
 
 def load_target(path: str) -> GroupConfig:
