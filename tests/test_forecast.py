@@ -168,3 +168,24 @@ def test_the_80_percent_band_holds_80_percent_of_new_sizes(sizes):
         t = forecast.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(ns, noise)], target)
         held += t["low"] <= 2.0 * target**0.5 * noise[-1] <= t["high"]
     assert 0.77 <= held / 3000 <= 0.83, held / 3000
+
+
+def test_the_validation_example_builds_every_variant(tmp_path):
+    """examples/forecast_validation.py (the README's validation table): each variant is a valid target whose micro
+    ladder carries its changes and seed; nothing is trained here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "forecast_validation.py"
+    spec = importlib.util.spec_from_file_location("forecast_validation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from proxyscale import sweep
+
+    for name, (_label, changes, seed) in module.VARIANTS.items():
+        ladder, target = module.variant(name, tmp_path)
+        groups = sweep.expand(ladder)
+        assert len(groups) == 4 and all(g.cfg.train.seed == seed for g in groups), name
+        assert all(g.cfg.model.qk_layernorm == changes.get("model", {}).get("qk_layernorm", "off") for g in groups)
+        assert target.optim.lr in ladder["members"]["lr"]
+    assert len({g.id for name in module.VARIANTS for g in sweep.expand(module.variant(name, tmp_path)[0])}) == 32
