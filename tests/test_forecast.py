@@ -189,3 +189,11 @@ def test_the_validation_example_builds_every_variant(tmp_path):
         assert all(g.cfg.model.qk_layernorm == changes.get("model", {}).get("qk_layernorm", "off") for g in groups)
         assert target.optim.lr in ladder["members"]["lr"]
     assert len({g.id for name in module.VARIANTS for g in sweep.expand(module.variant(name, tmp_path)[0])}) == 32
+
+
+def test_a_size_that_never_turns_unstable_is_named_when_the_divergence_lr_cannot_be_forecast():
+    calm = {1e4: 10.0, 1e5: 10.0, 1e6: 0.1, 1e7: 0.01}  # the two smallest sizes are stable on the whole grid
+    rows = forecast.unstable(ladder(diverge_from=lambda n: calm[n]))
+    div = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")["verdicts"][3]
+    assert div["verdict"] == "cannot forecast" and "needs 3" in div["detail"]
+    assert "s0, s1 stayed stable at every LR above their best" in div["detail"] and "above 1:" in div["detail"]

@@ -195,6 +195,12 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     trends = {c: trend(at_lr_points(rows, c, lr), n_target)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
     div = trend(instability_lrs(rows), n_target)
+    if not div["ok"] and len(div["points"]) < 3:  # say which sizes never turned unstable, and what would help
+        calm = sorted(set(rows["label.size"].to_list()) - set(rows.filter(pl.col("unstable"))["label.size"].to_list()))
+        if calm:
+            its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
+            div["why"] += (f"; {', '.join(calm)} stayed stable at every LR above {its} best, so {its} instability "
+                           f"{lie} above {max(rows['member.lr'].to_list()):g}: add higher LRs to see it")
     sens = trend(sensitivities(rows), n_target)
     logit_thr = threshold(rows, "attn_logit_max/0")
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
