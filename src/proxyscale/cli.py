@@ -154,9 +154,7 @@ def _plan_before_run(groups: list, pool: Path, title: str) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from . import plan, sweep
 
-    spec = sweep.load_spec(args.spec)
-    if args.log_to:
-        spec = sweep.merge(spec, {"base": {"train": {"log_to": args.log_to}}})
+    spec = sweep.with_log_to(sweep.load_spec(args.spec), args.log_to)
     groups, _, pool, _ = sweep.prepare(spec, args.out, None, _executor(args))  # every check before anything is written
     if args.plan:
         _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")

@@ -338,8 +338,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
 
     target = load_target(target_path)
     spec = ladder_spec(target, scale)
-    if log_to:  # stream the ladder's groups to TensorBoard / W&B too
-        spec = sweep.merge(spec, {"base": {"train": {"log_to": log_to}}})
+    spec = sweep.with_log_to(spec, log_to)  # stream the ladder's groups to TensorBoard / W&B too
     results = sweep.run_sweep(spec, out / "ladder", progress=progress, pool=out / "groups", executor=executor)
     rows = unstable(results)
     n_target = float(count_params(target.model, vocab_size(target)))

@@ -22,20 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member, require_extra
-
-LOGGERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
-"""Logger name (``config.LOG_TO``) -> (module it needs, the extra that installs it)."""
+from .config import MEMBER_SCALARS, GroupConfig, Member, require_extra
 
 Sink = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def check(kinds: Sequence[str]) -> None:
-    """Every logger named exists and is installed (before anything is written)."""
+    """Every logger named (``config.LOG_TO``, validated with the config) is installed, before anything is written;
+    each needs the module of its name, from the extra of its name (``proxyscale[tensorboard]``, ``[wandb]``)."""
     for kind in kinds:
-        if kind not in LOGGERS:
-            raise ConfigError(f"train.log_to: unknown logger {kind!r}; valid: {', '.join(LOGGERS)}")
-        require_extra(f"train.log_to: {kind}", *LOGGERS[kind])
+        require_extra(f"train.log_to: {kind}", kind, kind)
 
 
 def member_tag(members: Sequence[Member], i: int) -> str:

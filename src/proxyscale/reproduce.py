@@ -77,8 +77,7 @@ def sweep_spec(exp: dict[str, Any], scale: str, log_to: str | None = None) -> di
     """The sweep spec of a loaded experiment at ``scale`` (``log_to``: stream it to TensorBoard/W&B too)."""
     if scale not in exp["scales"]:
         raise ConfigError(f"--scale: {scale!r} not defined for {exp['name']}; valid: {', '.join(exp['scales'])}")
-    spec = {"name": exp["name"], **exp["scales"][scale]["spec"]}
-    return sweep.merge(spec, {"base": {"train": {"log_to": log_to}}}) if log_to else spec
+    return sweep.with_log_to({"name": exp["name"], **exp["scales"][scale]["spec"]}, log_to)
 
 
 def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) -> list[str]:

@@ -74,6 +74,12 @@ def merge(a: dict, b: dict) -> dict:
     return out
 
 
+def with_log_to(spec: dict[str, Any], log_to: str | None) -> dict[str, Any]:
+    """``spec`` with every group also streaming to ``log_to`` (``--log-to``: train.log_to); unchanged without it.
+    Logging is not part of a group's identity, so the group ids stay the same."""
+    return merge(spec, {"base": {"train": {"log_to": log_to}}}) if log_to else spec
+
+
 def expand(spec: dict[str, Any]) -> list[Group]:
     """Spec -> groups (validated); raises ConfigError naming the bad key.
 
