@@ -197,3 +197,10 @@ def test_a_size_that_never_turns_unstable_is_named_when_the_divergence_lr_cannot
     div = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")["verdicts"][3]
     assert div["verdict"] == "cannot forecast" and "needs 3" in div["detail"]
     assert "s0, s1 stayed stable at every LR above their best" in div["detail"] and "above 1:" in div["detail"]
+
+
+def test_the_output_verdict_gives_the_mean_logit_with_its_band_and_sign():
+    rows = forecast.unstable(ladder(noise=0.02))  # mean output logit -5 at every size
+    out = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")["verdicts"][1]
+    low, high = out["detail"].split("mean output logit ")[1].split("(80% interval ")[1].split(")")[0].split("–")
+    assert float(low) < -5.0 < float(high) < 0

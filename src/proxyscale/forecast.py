@@ -217,8 +217,10 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
             "verdicts": verdicts}
 
 
-def _fmt(t: dict[str, Any]) -> str:
-    return f"{t['value']:.3g} (80% interval {t['low']:.3g}–{t['high']:.3g})"
+def _fmt(t: dict[str, Any], sign: float = 1.0) -> str:
+    """A forecast with its band; ``sign`` -1 for a trend fitted on |value| of a negative quantity."""
+    low, high = sorted((sign * t["low"], sign * t["high"]))
+    return f"{sign * t['value']:.3g} (80% interval {low:.3g}–{high:.3g})"
 
 
 def _verdict(cause: str, t: dict[str, Any], level: str, threshold: float | None, detail: str) -> dict[str, Any]:
@@ -261,7 +263,7 @@ def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | Non
     cause = "output-logit divergence"
     if not logz["ok"]:
         return _cannot(cause, logz)
-    drift = f"|log Z| {_fmt(logz)}" + (f", mean output logit {mean['sign'] * mean['value']:.3g}" if mean["ok"] else "")
+    drift = f"|log Z| {_fmt(logz)}" + (f", mean output logit {_fmt(mean, mean['sign'])}" if mean["ok"] else "")
     if thr is not None:
         level = _level(logz["value"], logz["low"], logz["high"], thr, above=True)
         detail = f"{drift}; threshold |log Z| {thr:.3g} (calibrated on the ladder)"
