@@ -4,7 +4,7 @@
 
 Each variant is ``examples/target.yaml`` with some fields changed (and the ladder's training seed); its micro ladder
 (4 sizes x 8-9 LRs) is trained into a shared pool (finished groups are reused), the largest size is held out, and the
-forecast from the other three is scored against it (``forecast.backtest``). The target's ladder took 1 min 41 s on
+forecast from the other three is scored against it (``forecast.backtest``). The target's ladder took 2 min 32 s on
 2 CPU cores (AVX512-BF16); no two variants share a group.
 """
 
