@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import loggers, store, table
+from . import loggers, store, table, threads
 from .analysis import lr_sensitivity, lr_sensitivity_coupled
 from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member
 from .data import Batches, TokenData, load_data
@@ -85,16 +85,25 @@ def _combine(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class GroupRun:
     """State of one group's training; ``run()`` trains to the end, checkpointing and resuming in ``out``."""
 
-    def __init__(self, cfg: GroupConfig, out: Path, data: TokenData | None = None) -> None:
+    def __init__(self, cfg: GroupConfig, out: Path, data: TokenData | None = None, thread_cap: int | None = None) -> None:
         self._started = time.perf_counter()  # setup (data, init) counts towards the group's seconds
         self.cfg, self.out = cfg, Path(out)
         t = cfg.train
         self.device = resolve_device(t.device)
-        self.precision = resolve_precision(t.precision, self.device)
+        self.precision = resolve_precision(t.precision, self.device, cfg.model.width,
+                                           cfg.data.batch_size * cfg.data.seq_len)
         self.compiled = resolve_compile(t.compile, self.device)
         self.log_every = t.log_every or (10 if self.device.type == "cuda" else 1)
-        if t.threads > 0:
+        self.rebalancer: threads.Rebalancer | None = None
+        if t.threads > 0:  # the user's count is kept as given
             torch.set_num_threads(t.threads)
+        elif self.device.type == "cpu":  # auto: no more threads than the cores free now, re-checked while training
+            cap = thread_cap or threads.usable_cores()
+            torch.set_num_threads(threads.choose(cap, threads.free_cores()))
+            self.rebalancer = threads.Rebalancer(cap, torch.set_num_threads)
+            self.rebalancer.threads = torch.get_num_threads()
+        elif thread_cap:
+            torch.set_num_threads(thread_cap)
         self.members = cfg.member_list()
         K = len(self.members)
         loggers.check(t.log_to)  # a logger that is not installed fails here, before anything is written
@@ -255,6 +264,8 @@ class GroupRun:
                     worst = max((float(v.max()) for k, v in host.items() if k.startswith("attn_logit_max/")), default=0.0)
                     progress.update(task, completed=s + 1, tps=tps, logit=worst)
             self.next_step = s = s + 1
+            if self.rebalancer is not None:
+                self.rebalancer.tick()
             if self.next_step % t.checkpoint_every == 0 and self.next_step < t.steps:
                 store.save_checkpoint(self.out, self.state())
             if on_step is not None:
@@ -277,6 +288,7 @@ class GroupRun:
                              "diverged": ds >= 0, "diverged_step": ds if ds >= 0 else None})
         return {"n_params": self.n_params, "vocab_size": self.vocab_size, "steps": self.cfg.train.steps,
                 "precision": self.precision, "compiled": self.compiled, "micro_batch_size": self.micro_batch,
+                "device": str(self.device), "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
                 "seconds": round(self.seconds + time.perf_counter() - self._started, 2),
                 "members": members, "tokens_per_s": float(tps.median()) if len(tps) else None,
                 "lr_sensitivity": sensitivity_table(self.members, fin, l0)}
@@ -288,17 +300,19 @@ def _halve(micro_batch: int, batch: int) -> int:
 
 
 def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], None] | None = None,
-                progress: Any = None, data: TokenData | None = None, wait: bool = False) -> tuple[dict[str, Any], bool]:
+                progress: Any = None, data: TokenData | None = None, wait: bool = False,
+                thread_cap: int | None = None) -> tuple[dict[str, Any], bool]:
     """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched.
 
     ``out`` has one writer at a time (``store.lock``): a second one waits (``wait``, as sweep workers do: the
     group is then usually finished) or exits with a message naming the holder. Nothing is written before the
-    config and data have been checked."""
+    config and data have been checked. ``thread_cap``: the cores this group may use when ``train.threads`` is 0
+    (auto; a sweep gives each worker its share), of which it takes those free (``threads.choose``)."""
     out = Path(out)
     store.check_dir(out)
     if store.finished(out):
         return _finished_summary(out, cfg), False
-    run = GroupRun(cfg, out, data)  # loads the data first: a bad corpus fails before anything is written
+    run = GroupRun(cfg, out, data, thread_cap)  # loads the data first: a bad corpus fails before anything is written
     with store.lock(out, wait=wait):
         if store.finished(out):  # another writer finished it while we waited
             return _finished_summary(out, cfg), False
