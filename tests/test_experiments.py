@@ -82,3 +82,46 @@ def test_experiments_share_fig1s_groups(scale):
     assert fig1 <= ids("fig9")
     for name in ("fig8", "fig11", "e14"):
         assert ids(name) & fig1, name
+
+
+@pytest.mark.parametrize("scale", reproduce.SCALES)
+@pytest.mark.parametrize("name", reproduce.names())
+def test_every_claim_matches_planned_runs_at_every_scale(name, scale):
+    """A claim names only values its experiment trains at that scale (issue 14 §3): resolved against the plan,
+    so a claim that would match no rows is found by --plan, before anything trains."""
+    exp = reproduce.load(name)
+    claims = reproduce.resolved_claims(exp, scale, sweep.expand(reproduce.sweep_spec(exp, scale)))
+    assert len(claims) == len(exp["claims"])
+    for c in claims:
+        assert not any(isinstance(v, dict) and "role" in v for v in c["args"].values()), c
+
+
+@pytest.mark.parametrize("scale, longest, shortest", [("micro", 75, 1), ("laptop", 375, 5), ("mini", 750, 3)])
+def test_fig5_compares_the_longest_and_shortest_warmup_of_each_scale(scale, longest, shortest):
+    exp = reproduce.load("fig5")
+    claims = reproduce.resolved_claims(exp, scale, sweep.expand(reproduce.sweep_spec(exp, scale)))
+    assert [(c["args"]["better"], c["args"]["worse"]) for c in claims] == [(longest, shortest)] * 2
+
+
+def test_a_claim_that_matches_no_run_is_an_error_naming_claim_and_scale():
+    exp = reproduce.load("fig5")
+    exp = {**exp, "claims": [{**exp["claims"][0], "args": {"axis": "member.warmup", "better": 75, "worse": 1}}]}
+    groups = sweep.expand(reproduce.sweep_spec(exp, "mini"))
+    with pytest.raises(ConfigError, match=r"fig5\.claims\[0\] at --scale mini.*better=75 matches no planned run.*3, 150, 750"):
+        reproduce.resolved_claims(exp, "mini", groups)
+    assert reproduce.resolved_claims(exp, "micro", sweep.expand(reproduce.sweep_spec(exp, "micro")))
+
+
+def test_a_claim_lr_off_the_grid_and_a_bad_role_are_errors():
+    from proxyscale import claims, table
+
+    planned = table.planned(sweep.expand(reproduce.sweep_spec(reproduce.load("fig2"), "micro")))
+    base = {"text": "t", "check": "ratio_at_least",
+            "args": {"column": "attn_logit_max/0", "axis": "model.qk_layernorm", "high": "off", "low": "head", "factor": 10}}
+    with pytest.raises(ConfigError, match="lr=0.3 is not on the planned LR grid"):
+        claims.resolve({**base, "args": {**base["args"], "lr": 0.3}}, planned, "x")
+    with pytest.raises(ConfigError, match="by role"):
+        claims.resolve({**base, "args": {**base["args"], "high": {"role": "longest"}}}, planned, "x")
+    with pytest.raises(ConfigError, match="axis 'optim.eps' is not swept"):
+        claims.resolve({**base, "args": {**base["args"], "axis": "optim.eps"}}, planned, "x")
+    assert claims.resolve({**base, "args": {**base["args"], "lr": 0.1}}, planned, "x")["args"]["lr"] == 0.1

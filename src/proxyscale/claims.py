@@ -298,6 +298,83 @@ def validate(claim: dict[str, Any], where: str) -> None:
     if claim["check"] not in CHECKS:
         raise ConfigError(f"{where}.check: unknown check {claim['check']!r}; valid: {', '.join(CHECKS)}")
     check_call(CHECKS[claim["check"]], f"{where}.args", None, **(claim.get("args") or {}))
+    for scale, over in (claim.get("scales") or {}).items():
+        if not isinstance(over, dict) or set(over) - {"text", "args"}:
+            raise ConfigError(f"{where}.scales.{scale}: expected a mapping with text and/or args")
+        check_call(CHECKS[claim["check"]], f"{where}.scales.{scale}.args", None, **at_scale(claim, scale)["args"])
+
+
+VALUE_ARGS = ("better", "worse", "value", "high", "low", "narrower", "wider", "steeper", "flatter", "baseline",
+              "reference")
+"""Check arguments that name a value of the check's ``axis``; ``order`` names a list of them."""
+ROLES = {"largest": max, "smallest": min}
+"""A value given by role (``better: {role: largest}``): the largest or smallest value the axis takes at the scale
+(e.g. the longest and shortest warm-up of Fig 5, whose values differ per scale)."""
+
+
+def _defaults(fn: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {**{n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}, **args}
+
+
+def at_scale(claim: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The claim as it reads at ``scale``: its ``scales.<scale>`` entry (``text`` and ``args``, the args merged
+    key by key) over the claim, for values that differ per scale (an LR grid, an ε grid)."""
+    over = (claim.get("scales") or {}).get(scale) or {}
+    out = {k: v for k, v in claim.items() if k != "scales"}
+    if "text" in over:
+        out["text"] = over["text"]
+    if "args" in over:
+        out["args"] = {**(claim.get("args") or {}), **over["args"]}
+    return out
+
+
+def resolve(claim: dict[str, Any], planned: pl.DataFrame, where: str) -> dict[str, Any]:
+    """The claim (already ``at_scale``) with its values given by role resolved against the runs planned at a
+    scale (``table.planned``), checked so that every value it names matches planned runs. A claim that would match
+    no rows is a ConfigError naming the claim and the value (found by ``--plan``, before anything trains), never a
+    silent *not reproduced*."""
+    fn = CHECKS[claim["check"]]
+    given = dict(claim.get("args") or {})
+    args = _defaults(fn, given)
+    rows = table.where(planned, args.get("where")) if isinstance(args.get("where"), dict) else planned
+    text = f"{where} ({claim['text'][:60]!r})"
+    for name, cond in (args.get("where") or {}).items():
+        if table.col(name) not in planned.columns:
+            raise ConfigError(f"{text}: where.{name}: no such column in the planned runs")
+    if planned.height and rows.height == 0:
+        raise ConfigError(f"{text}: where {args['where']} matches no planned run")
+    axis = args.get("axis")
+    if axis is not None and table.col(axis) not in rows.columns:
+        raise ConfigError(f"{text}: axis {axis!r} is not swept here; swept: "
+                          + ", ".join(c for c in rows.columns if c.startswith(("label.", "member.")) and rows[c].n_unique() > 1))
+    present = table.values(rows, axis) if axis is not None else []
+
+    def one(arg: str, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            if set(raw) != {"role"} or raw["role"] not in ROLES:
+                raise ConfigError(f"{text}: args.{arg}: a value by role is {{role: {' | '.join(ROLES)}}}, got {raw!r}")
+            vals = [v for v in present if v is not None]
+            if not vals:
+                raise ConfigError(f"{text}: args.{arg}: {axis} takes no values here")
+            return ROLES[raw["role"]](vals)
+        if rows.filter(table.is_(axis, raw)).height == 0:
+            raise ConfigError(f"{text}: args.{arg}={raw!r} matches no planned run; {axis} takes "
+                              f"{', '.join(map(str, present))} here (name the value per scale or by role)")
+        return raw
+
+    for arg in VALUE_ARGS:
+        if axis is not None and arg in args and args[arg] is not None:
+            given[arg] = one(arg, args[arg])
+    if axis is not None and isinstance(args.get("order"), list):
+        given["order"] = [one("order", v) for v in args["order"]]
+    lr = args.get("lr")
+    if lr is not None and "member.lr" in rows.columns and table.at_lr(rows, float(lr)).height == 0:
+        raise ConfigError(f"{text}: args.lr={lr:g} is not on the planned LR grid "
+                          f"({', '.join(f'{x:g}' for x in sorted(set(rows['member.lr'].to_list())))})")
+    return {**claim, "args": given}
 
 
 def evaluate(claims: list[dict[str, Any]], results: pl.DataFrame) -> list[Verdict]:

@@ -11,14 +11,13 @@ import polars as pl
 import yaml
 
 from . import claims as claims_mod
+from . import experiments as catalogue
 from . import loggers, plots, store, sweep, table
 from .config import ConfigError
 
-EXPERIMENTS = Path(__file__).parent / "experiments"
-SCALES_FILE = EXPERIMENTS / "scales.yaml"
-SCALES = ("micro", "mini", "small", "paper")
-"""micro: minutes on a laptop CPU; mini: minutes per experiment on one GPU (the paper's scaling claims);
-small: one 80 GB GPU; paper: the paper's schedule. Their base settings live in experiments/scales.yaml."""
+EXPERIMENTS = catalogue.FOLDER
+SCALES_FILE = catalogue.SCALES_FILE
+SCALES = catalogue.SCALES
 
 
 def names() -> list[str]:
@@ -37,7 +36,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def scales() -> dict[str, Any]:
     """experiments/scales.yaml: ``lr_grids`` (named LR grids) and ``scales`` (each scale's why, device, spec)."""
-    return _read(SCALES_FILE)
+    return catalogue.read_scales()
 
 
 def _named_grids(spec: dict[str, Any], grids: dict[str, list[float]], where: str) -> dict[str, Any]:
@@ -80,6 +79,14 @@ def sweep_spec(exp: dict[str, Any], scale: str, log_to: str | None = None) -> di
     return sweep.with_log_to({"name": exp["name"], **exp["scales"][scale]["spec"]}, log_to)
 
 
+def resolved_claims(exp: dict[str, Any], scale: str, groups: list[sweep.Group]) -> list[dict[str, Any]]:
+    """The experiment's claims at ``scale``, values by role resolved against its planned ``groups``; a claim that
+    would match no run is a ConfigError naming the claim and the scale (``claims.resolve``)."""
+    planned = table.planned(groups)
+    return [claims_mod.resolve(claims_mod.at_scale(c, scale), planned, f"{exp['name']}.claims[{i}] at --scale {scale}")
+            for i, c in enumerate(exp.get("claims") or [])]
+
+
 def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) -> list[str]:
     made = []
     for fig in exp.get("figures", []):
@@ -93,6 +100,7 @@ def reproduce(name: str, scale: str, out: Path, workers: int | None = None, prog
     exp = load(name)
     spec = sweep_spec(exp, scale, log_to)
     groups, exp_out, pool, ex = sweep.prepare(spec, out / name, out / "groups", {"workers": workers, **(executor or {})})
+    exp = {**exp, "claims": resolved_claims(exp, scale, groups)}
     with store.lock(exp_out):  # checked above: nothing is written before this
         return _reproduce_locked(exp, scale, spec, groups, exp_out, pool, ex, progress)
 

@@ -152,13 +152,11 @@ def member_rows(cfg: GroupConfig, gid: str, labels: dict[str, Any], folder: Path
     steps = summary["steps"]
     tail = tail_steps or max(1, min(500, steps // 5))
     last_block = f"block_rms/{cfg.model.depth - 1}"
-    flat = {k: v for k, v in flatten(identity(cfg)).items() if not k.startswith("members.")}
     rows = []
     for m in summary["members"]:
         mine = metrics.filter(pl.col("member") == m["member"])
         window = mine.filter((pl.col("step") >= steps - tail) & (pl.col("step") < steps))
-        row = {"group": gid, "member": m["member"], **{f"label.{k}": v for k, v in labels.items()}, **flat}
-        row.update({f"member.{k}": m[k] for k in config_mod.MEMBER_SCALARS})
+        row = _known_row(cfg, gid, labels, m["member"], m)
         row.update({"n_params": summary["n_params"], "l0": m["l0"],
                     "final_eval_loss": m["final_eval_loss"] if m["final_eval_loss"] is not None else float("nan"),
                     "diverged": m["diverged"], "diverged_step": m["diverged_step"]})
@@ -172,6 +170,21 @@ def member_rows(cfg: GroupConfig, gid: str, labels: dict[str, Any], folder: Path
                 row["attn_logit_max/0@step"] = at[0] if len(at) else None
         rows.append(row)
     return rows
+
+
+def _known_row(cfg: GroupConfig, gid: str, labels: dict[str, Any], member: int, scalars: Any) -> dict[str, Any]:
+    """The columns of a member's row that are known before it trains: group, member, labels, the flattened config
+    and the member's scalars (``scalars``: a mapping or a ``config.Member``)."""
+    flat = {k: v for k, v in flatten(identity(cfg)).items() if not k.startswith("members.")}
+    get = scalars.get if isinstance(scalars, dict) else lambda k: getattr(scalars, k)
+    return {"group": gid, "member": member, **{f"label.{k}": v for k, v in labels.items()}, **flat,
+            **{f"member.{k}": get(k) for k in config_mod.MEMBER_SCALARS}}
+
+
+def planned(groups: list[Any]) -> pl.DataFrame:
+    """The rows a sweep's groups (``sweep.Group``: id, cfg, labels) will have, with only the columns known before
+    anything trains (see ``_known_row``): what a claim can be checked against at ``--plan`` time."""
+    return frame([_known_row(g.cfg, g.id, g.labels, i, m) for g in groups for i, m in enumerate(g.cfg.member_list())])
 
 
 def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -1,1 +1,24 @@
-"""Each experiment of the paper is one YAML file here: its axes at three scales, figures and claims."""
+"""The experiments catalogue: one YAML file per experiment of the paper, and ``scales.yaml``, the one list of scale
+names with each scale's base settings and the named LR grids. Reading the names imports nothing heavy (no torch),
+so ``proxyscale --help`` and ``list`` stay light."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FOLDER = Path(__file__).parent
+SCALES_FILE = FOLDER / "scales.yaml"
+
+
+def read_scales() -> dict[str, Any]:
+    """scales.yaml: ``lr_grids`` (named LR grids) and ``scales`` (each scale's why, device, spec)."""
+    with open(SCALES_FILE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+SCALES: tuple[str, ...] = tuple(read_scales()["scales"])
+"""The scale names, in scales.yaml's order: micro (the two-minute look on a CPU), laptop (the headline claims on
+2 CPU cores), mini (one GPU), small (one 80 GB GPU), paper (a cluster)."""
