@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,16 +19,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import config as config_mod
-from . import store
-from .config import MEMBER_SCALARS, ConfigError
-from .store import StoreError
+from . import threads
+
+threads.set_wait_policy()  # before anything imports torch: OpenMP reads it once, at start (threads.py)
+
+from . import config as config_mod  # noqa: E402
+from . import store  # noqa: E402
+from .config import MEMBER_SCALARS, ConfigError  # noqa: E402
+from .experiments import SCALES  # noqa: E402
+from .progress import Lines  # noqa: E402
+from .store import StoreError  # noqa: E402
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
 
 
-def _progress() -> Progress:
+def _progress() -> Progress | Lines:
+    """A group's progress: a bar on a terminal, else a line a minute (nohup, CI, a Slurm log: progress.Lines)."""
+    if not console.is_terminal:
+        return Lines()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[tps]:,.0f} tok/s"), TextColumn("max attn logit {task.fields[logit]:.3g}"),
                     TimeRemainingColumn(), console=console, transient=False)
@@ -70,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.train.device)
     console.print(f"group: {k} member{'s' if k > 1 else ''}, width {cfg.model.width}, depth {cfg.model.depth}, "
                   f"heads {cfg.model.heads}, N = {count_params(cfg.model):,} non-embedding parameters, "
-                  f"{cfg.train.steps} steps, {resolve_precision(cfg.train.precision, device)} on {device}"
+                  f"{cfg.train.steps} steps, {resolve_precision(cfg.train.precision, device, cfg.model.width, cfg.data.batch_size * cfg.data.seq_len)} on {device}"
                   f"{', compiled' if resolve_compile(cfg.train.compile, device) else ''}")
     progress = None if args.quiet else _progress()
     try:
@@ -80,8 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if progress:
             progress.stop()
-        errors.print(f"interrupted; rerun the same command to resume {out} from its last checkpoint")
-        return 130
+        errors.print(f"{_interrupted_by()}; rerun the same command to resume {out} from its last checkpoint",
+                     markup=False, highlight=False, soft_wrap=True)
+        return _interrupted_code()
     finally:
         if progress:
             progress.stop()
@@ -91,7 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _group_progress() -> Progress:
+def _group_progress() -> Progress | Lines:
+    """A sweep's progress: a bar on a terminal, else a line per group started and finished with the ETA."""
+    if not console.is_terminal:
+        return Lines()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("done, {task.fields[running]} running, {task.fields[left]} left"),
                     TimeRemainingColumn(), console=console)
@@ -209,7 +223,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .executors import executor_config
 
     executor_config(None, _executor(args))  # flags checked before anything runs
-    groups = {name: sweep.expand(reproduce.sweep_spec(reproduce.load(name), args.scale, args.log_to)) for name in names}
+    groups = {}
+    for name in names:
+        exp = reproduce.load(name)
+        groups[name] = sweep.expand(reproduce.sweep_spec(exp, args.scale, args.log_to))
+        reproduce.resolved_claims(exp, args.scale, groups[name])  # a claim that matches no run fails here
     unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
     if args.plan:
         p = plan.make(unique, out / "groups", probe=True)
@@ -381,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("reproduce", help="run an experiment of the paper: sweep, figures, verdicts, report")
     p.add_argument("name", help="experiment name (see: proxyscale list) or all")
-    p.add_argument("--scale", default="micro", choices=["micro", "mini", "small", "paper"],
+    p.add_argument("--scale", default="micro", choices=list(SCALES),
                    help="micro: minutes on a CPU; mini: minutes per experiment on one GPU; small: one 80 GB GPU; "
                    "paper: the paper's schedule")
     p.add_argument("--out", default="runs/reproduce", help="output root (default runs/reproduce)")
@@ -405,7 +423,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGNAL: list[int] = []  # the signal that interrupted the command, if it was not Ctrl-C
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (what Slurm, Kubernetes and ``timeout`` send) is handled like Ctrl-C: checkpoints are kept."""
+    _SIGNAL.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted_by() -> str:
+    return "interrupted (SIGTERM)" if _SIGNAL else "interrupted"
+
+
+def _interrupted_code() -> int:
+    return 128 + (_SIGNAL[0] if _SIGNAL else signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -419,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as err:
         errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return err.exit_code
+    except KeyboardInterrupt:
+        errors.print(f"{_interrupted_by()}; rerun the same command to resume: finished groups are kept and "
+                     "unfinished ones resume from their last checkpoint", markup=False, highlight=False, soft_wrap=True)
+        return _interrupted_code()
 
 
 if __name__ == "__main__":

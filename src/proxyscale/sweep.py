@@ -157,21 +157,15 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def _with_threads(cfg: GroupConfig, threads: int) -> GroupConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-
-
 def train_job(job: tuple[str, dict, str, int]) -> str:
     """The one job every executor runs (top-level, so it pickles): train group ``id`` into ``pool/<id>``."""
     gid, raw_cfg, pool, threads = job
     from .train import train_group
 
     cfg = config_mod.from_dict(raw_cfg)
-    if cfg.train.threads == 0:  # auto: the cores the executor gave this group, so workers never oversubscribe
-        cfg = _with_threads(cfg, threads)
-    train_group(cfg, Path(pool) / gid, wait=True)  # a group another worker holds: wait, then it is finished
+    # threads auto: at most the cores the executor gave this group (so workers never oversubscribe), fewer where
+    # other work holds them (threads.choose); a group another worker holds: wait, then it is finished
+    train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads)
     return gid
 
 
@@ -217,8 +211,7 @@ def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path,
             progress.update(task, completed=len(groups) - len(todo) + done, running=running,
                             left=len(todo) - done - running)
 
-    for _ in run_jobs(train_job, jobs, executor, out, show):
-        pass
+    _follow(run_jobs(train_job, jobs, executor, out, show), todo, pool, executor, progress)
     results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
     kinds = loggers.sweep_kinds(groups)
@@ -230,6 +223,31 @@ def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path,
     store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo), "executor": executor.kind,
                                           "seconds": round(time.perf_counter() - start, 1)})
     return results
+
+
+def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConfig, progress: Any) -> None:
+    """Drain the executor's finished group ids, telling a ``progress.Lines`` (if that is the progress) which group
+    started and finished. Starts are inferred: the executor runs ``parallel`` groups at once, in order, and starts
+    the next when one finishes (exact for the local executor, whose pool hands out one job at a time)."""
+    lines = progress if hasattr(progress, "group_started") else None
+    if lines is None:
+        for _ in finished:
+            pass
+        return
+    from .plan import group_plan
+
+    by_id = {g.id: g for g in todo}
+    lines.set_weights({g.id: group_plan(g.id, g.cfg, g.labels, pool).flops for g in todo})
+    parallel = {"local": executor.workers, "slurm": executor.slurm_array_parallelism}.get(executor.kind, len(todo))
+    queue = list(todo)
+    for g in queue[:parallel]:
+        lines.group_started(g)
+    queue = queue[parallel:]
+    for gid in finished:
+        seconds = store.read_json(pool / gid / "summary.json").get("seconds")
+        lines.group_finished(by_id[gid], seconds)
+        if queue:
+            lines.group_started(queue.pop(0))
 
 
 def collect(groups: list[Group], pool: Path, tail_steps: int | None = None, at_step: int | None = None) -> pl.DataFrame:

@@ -1,0 +1,124 @@
+"""CPU threads on a shared machine: how many torch threads a group gets, and how idle OpenMP threads wait.
+
+Two facts measured on this project's 2-core machines (issue 14 §5) decide the policy:
+
+- OpenMP threads that *spin* while waiting collapse when the cores are oversubscribed: ``proxyscale train
+  examples/lr_grid.yaml`` took 16.9 s alone with 2 threads, but 53.0 s beside one CPU-bound process with 2
+  threads, 28.2 s with 2 threads under ``OMP_WAIT_POLICY=PASSIVE`` and 24.9 s with 1 thread.
+- So a run must (1) not spin: the wait policy is set before torch starts (``set_wait_policy``, called by the CLI
+  before anything imports torch; OpenMP reads it once, when it starts), and (2) use no more threads than the cores
+  that are actually free (``choose``), measured from /proc/stat over a short window with this process's own CPU
+  time taken out, and checked again while it trains (``Rebalancer``), so a run degrades in proportion to the cores
+  it gets.
+
+Nothing here imports torch: it must run before torch loads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+WAIT_POLICY_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Environment set before torch starts unless the user set it: idle OpenMP threads sleep instead of spinning, which
+is what collapses a multi-threaded run on a busy machine (see the module doc)."""
+
+SAMPLE_SECONDS = 0.25
+"""How long ``free_cores`` watches /proc/stat."""
+
+RECHECK_SECONDS = 30.0
+"""How often a training run re-measures the free cores and adjusts its threads (``Rebalancer``)."""
+
+
+def set_wait_policy() -> None:
+    """Set ``WAIT_POLICY_ENV`` in this process's environment (inherited by the workers it spawns) unless the user
+    chose a value. A no-op once OpenMP has started, so call it before importing torch."""
+    for name, value in WAIT_POLICY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask: what taskset, cgroups' cpusets and Slurm give it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is counted in user)
+    return total - idle, total
+
+
+class CoreMeter:
+    """Cores used by *other* processes since the last reading: the machine's busy time less this process's own
+    CPU time, over the wall time between readings."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[tuple[float, float] | None, float, float]:
+        return _cpu_times(), time.process_time(), time.monotonic()
+
+    def others(self) -> float | None:
+        """Cores busy with other work since the last call (or construction); None where it cannot be measured."""
+        (then, own0, t0), now = self._last, self._read()
+        self._last = now
+        (cpu1, own1, t1) = now
+        if then is None or cpu1 is None or t1 <= t0 or cpu1[1] <= then[1]:
+            return None
+        n = os.cpu_count() or 1
+        busy = (cpu1[0] - then[0]) / (cpu1[1] - then[1]) * n  # cores busy, all processes
+        own = (own1 - own0) / (t1 - t0)  # cores this process used
+        return max(0.0, busy - own)
+
+
+def free_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
+    """Cores not busy with other processes, measured over ``seconds``; None where /proc/stat is unreadable."""
+    meter = CoreMeter()
+    time.sleep(seconds)
+    others = meter.others()
+    return None if others is None else max(0.0, (os.cpu_count() or 1) - others)
+
+
+def choose(cap: int, free: float | None) -> int:
+    """Threads for a group allowed ``cap`` cores (its share: all usable cores, or cores / workers in a sweep) when
+    ``free`` cores are idle: never more than are free (rounded, so a core two-thirds free still counts), at least 1.
+    ``free`` None (unmeasurable) gives ``cap``."""
+    if free is None:
+        return max(1, cap)
+    return max(1, min(cap, int(free + 0.34)))
+
+
+class Rebalancer:
+    """Re-measures the free cores every ``RECHECK_SECONDS`` while a group trains and sets torch's thread count to
+    ``choose(cap, free)``; ``own_threads`` of the run are not counted as other load."""
+
+    def __init__(self, cap: int, set_threads, every: float = RECHECK_SECONDS) -> None:
+        self.cap, self.set_threads, self.every = cap, set_threads, every
+        self.meter, self.next = CoreMeter(), time.monotonic() + every
+        self.threads = cap
+
+    def tick(self) -> int | None:
+        """Call once per step: returns the new thread count when it changed, else None (cheap between checks)."""
+        now = time.monotonic()
+        if now < self.next:
+            return None
+        self.next = now + self.every
+        others = self.meter.others()
+        if others is None:
+            return None
+        threads = choose(self.cap, (os.cpu_count() or 1) - others)
+        if threads == self.threads:
+            return None
+        self.threads = threads
+        self.set_threads(threads)
+        return threads
