@@ -65,3 +65,13 @@ def test_power_law_fit_and_extrapolation_uncertainty():
     assert quad["degree"] == 2 and len(quad["coef"]) == 3
     with pytest.raises(ValueError):
         fit_log([1.0], [1.0], degree=1)
+
+
+def test_lr_sensitivity_splits_into_the_parts_below_and_above_the_best_lr():
+    from proxyscale.analysis import lr_sensitivity, lr_sensitivity_split
+
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    losses = [3.0, 2.0, 2.5, float("nan")]  # best at 1e-2; the NaN counts as ℓ0 = 5
+    below, above = lr_sensitivity_split(lrs, losses, 5.0)
+    assert below == pytest.approx(1.0 / 4) and above == pytest.approx((0.5 + 3.0) / 4)
+    assert below + above == pytest.approx(lr_sensitivity(losses, 5.0))

@@ -29,6 +29,21 @@ def lr_sensitivity(losses: Sequence[float], l0: float | Sequence[float]) -> floa
     return sum(values) / len(values) - best
 
 
+def lr_sensitivity_split(lrs: Sequence[float], losses: Sequence[float], l0: float | Sequence[float]) -> tuple[float, float]:
+    """The LR sensitivity (uniform rule) as the sum of two parts: (below, above) = the share of the mean from the
+    grid points below the best LR and above it. ``below`` is what undertrained low LRs cost, ``above`` what
+    instability at high LR costs; a sensitivity that falls with N while ``above`` rises is undertraining, not
+    stability (issue 14 §2)."""
+    l0s = [l0] * len(losses) if isinstance(l0, (int, float)) else list(l0)
+    values = [capped(loss, ref) for loss, ref in zip(losses, l0s)]
+    best = min(values)
+    star = lrs[values.index(best)]
+    n = len(values)
+    below = sum(v - best for lr, v in zip(lrs, values) if lr < star) / n
+    above = sum(v - best for lr, v in zip(lrs, values) if lr > star) / n
+    return below, above
+
+
 def _in_window(lr: float, lo: float, hi: float) -> bool:
     return lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9)
 
@@ -106,7 +121,9 @@ def sensitivity_frame(results, by: Sequence[str]):
         coupled = "member.independent_weight_decay" in part.columns and not part["member.independent_weight_decay"][0]
         sens = lr_sensitivity_coupled(lrs, losses, l0) if coupled else lr_sensitivity(losses, l0)
         lr_star, loss_star = best_lr(lrs, losses)
+        below, above = lr_sensitivity_split(lrs, losses, l0) if not coupled else (None, None)
         rows.append({**dict(zip(by, key)), "n_params": part["n_params"][0], "lr_sensitivity": sens,
+                     "sensitivity_below_best": below, "sensitivity_above_best": above,
                      "best_lr": lr_star, "best_loss": loss_star, "lrs": len(lrs),
                      "diverged": int(part["diverged"].sum())})
     return pl.DataFrame(rows).sort(list(by))
