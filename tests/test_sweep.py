@@ -1,3 +1,4 @@
+import json
 import math
 
 import polars as pl
@@ -119,6 +120,12 @@ def test_report_builds_from_a_tiny_reproduction(tmp_path, monkeypatch):
     assert page.count("data:image/png;base64,") >= 1 and "reproduce fig2 --scale micro" in page
     assert "reproduced" in page and "http" not in page.replace("http-equiv", "")  # self-contained
     assert (tmp_path / "fig2" / "figures" / "fig2_curves.svg").exists()
+    assert (tmp_path / "fig2" / "figures" / "fig2_loss_curves.png").exists()  # every experiment: loss vs step
+    rec = json.loads((tmp_path / "fig2" / "verdicts.json").read_text())
+    for row in rec["group_rows"]:  # each group linked to its folder, with what ran it
+        assert f"href='groups/{row['group']}/'" in page and (tmp_path / "groups" / row["group"] / "DONE").exists()
+        assert row["precision"] == "fp32" and row["device"] == "cpu" and row["threads"] == 1
+    assert "Ran in fp32 on cpu" in page and "budget" not in page
 
 
 def test_parts_paired_axes_and_named_size_sets(make_raw):

@@ -110,11 +110,66 @@ def sensitivity_vs_n(results: pl.DataFrame, path: Path, *, title: str = "", pool
                      lines: str) -> list[Path]:
     """LR sensitivity against non-embedding parameters N, one line per value of ``lines``."""
     s = sensitivity_frame(results, ["label.size", col(lines)])
-    fig, ax = plt.subplots(figsize=(4.2, 3.4))
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for v in table.values(s, lines):
         part = s.filter(table.is_(lines, v)).sort("n_params")
         ax.plot(part["n_params"], part["lr_sensitivity"], marker="o", label=f"{lines} = {v}")
     _style(ax, "non-embedding parameters N", "LR sensitivity", "LR sensitivity vs N")
+    _label_sizes(ax, s)
+    return _save(fig, path)
+
+
+def _label_sizes(ax: Any, s: pl.DataFrame) -> None:
+    """Tick the log-N axis at every size of the ladder, labelled with the size (d64-L2 and its N), instead of
+    decades that may not fall between the sizes at all. Sizes that differ in N only slightly (qk-layernorm's
+    scales) share one tick."""
+    ticks: dict[str, float] = {}
+    for size, n in s.sort("n_params").select("label.size", "n_params").iter_rows():
+        ticks.setdefault(str(size), float(n))
+    ax.set_xticks(list(ticks.values()))
+    ax.set_xticklabels([label.replace(" (", "\n(") for label in ticks], fontsize=7)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+@figure
+def loss_curves(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
+                smooth: float = 0.02) -> list[Path]:
+    """Training loss against step: one panel per size (columns) and per variant (rows: every other label and
+    member scalar that varies, e.g. qk-layernorm on/off), one line per LR (viridis by LR), each a running mean
+    over ``smooth`` of the run; the y range is capped at ℓ0, as the LR sensitivity counts a loss."""
+    sizes = table.sizes(results)
+    variants = [c for c in table.variant_columns(results) if c != "label.size"]
+    keys = results.select(variants).unique(maintain_order=True).rows() if variants else [()]
+    curves = table.curves(results, pool)
+    lrs = sorted(set(results["member.lr"].to_list()))
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(len(keys), len(sizes), figsize=(3.4 * len(sizes), 2.6 * len(keys)), sharex=True,
+                             sharey=True, squeeze=False)
+    low = float("inf")
+    for i, key in enumerate(keys):
+        rows = results
+        for c, v in zip(variants, key):
+            rows = rows.filter(pl.col(c).is_null() if v is None else pl.col(c) == v)
+        for j, size in enumerate(sizes):
+            ax = axes[i][j]
+            for r in rows.filter(pl.col("label.size") == size).sort("member.lr").iter_rows(named=True):
+                d = curves[(r["group"], r["member"])].sort("step")
+                window = max(1, int(smooth * d.height))
+                y = d["loss"].rolling_mean(window, min_samples=1)
+                ax.plot(d["step"], y, lw=1, color=cmap(lrs.index(r["member.lr"]) / max(1, len(lrs) - 1)),
+                        label=f"{r['member.lr']:g}")
+                low = min(low, float(y.min())) if y.len() and y.min() == y.min() else low
+            ax.set_title(", ".join([size, *(f"{c.split('.')[-1]}={v}" for c, v in zip(variants, key))]), fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == len(keys) - 1:
+                ax.set_xlabel("step")
+            if j == 0:
+                ax.set_ylabel("train loss")
+    if low < float("inf"):
+        axes[0][0].set_ylim(0.95 * low, float(results["l0"].max()))  # shared: capped at ℓ0
+    axes[0][-1].legend(fontsize=6, title="LR", title_fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 

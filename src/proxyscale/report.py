@@ -35,7 +35,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _section(folder: Path, rec: dict[str, Any]) -> str:
+def _section(folder: Path, rec: dict[str, Any], pool_link: str = "groups") -> str:
     parts = [f"<h2 id='{html.escape(rec['name'])}'>{html.escape(rec['title'])}</h2>",
              f"<p>{html.escape(rec.get('paper', ''))}</p>",
              f"<p>Reproduce: <code>{html.escape(rec['command'])}</code>"
@@ -54,7 +54,23 @@ def _section(folder: Path, rec: dict[str, Any]) -> str:
                 continue
             parts.append(f"<img alt='{html.escape(Path(fig).stem)}' src='data:image/png;base64,{data}'>")
     parts.append(_table(rec.get("sensitivity", [])))
+    if rec.get("group_rows"):
+        parts.append(_groups_table(rec["group_rows"], pool_link))
     return "\n".join(parts)
+
+
+def _groups_table(rows: list[dict[str, Any]], pool_link: str) -> str:
+    """The groups behind an experiment, each linked to its folder in the pool, with what ran it."""
+    precisions = sorted({f"{r.get('precision')} on {r.get('device')}" for r in rows})
+    head = "".join(f"<th>{c}</th>" for c in ("group", "size", "switches", "members", "steps", "precision", "device",
+                                            "threads", "seconds"))
+    body = "".join(
+        f"<tr><td><a href='{html.escape(pool_link)}/{html.escape(r['group'])}/'><code>{html.escape(r['group'])}</code></a>"
+        f"</td>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in ("size", "switches", "members", "steps", "precision",
+                                                                    "device", "threads", "seconds")) + "</tr>"
+        for r in rows)
+    return (f"<p>Ran in {html.escape(', '.join(precisions))}; each group links to its folder (config.json, "
+            f"metrics.parquet, summary.json):</p><table><tr>{head}</tr>{body}</table>")
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

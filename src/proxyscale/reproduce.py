@@ -91,7 +91,27 @@ def _figures(exp: dict[str, Any], results: pl.DataFrame, out: Path, pool: Path) 
     made = []
     for fig in exp.get("figures", []):
         made += plots.draw(fig, results, out / "figures" / f"{exp['name']}_{fig['name']}", exp["title"], pool)
+    if results.height:  # every experiment: its training curves per size, so a user sees how each run went
+        made += plots.loss_curves(results, out / "figures" / f"{exp['name']}_loss_curves", title=exp["title"],
+                                  pool=pool)
     return [str(p.relative_to(out)) for p in made]
+
+
+def group_rows(results: pl.DataFrame, groups: list[sweep.Group], pool: Path) -> list[dict[str, Any]]:
+    """One row per group an experiment used: its id (the folder in the pool), size, switches, members, and what
+    ran it (precision, device, threads, seconds), read from its summary.json."""
+    rows = []
+    used = set(results["group"].to_list()) if results.height else set()
+    for g in groups:
+        if g.id not in used:
+            continue
+        summary = store.read_json(pool / g.id / "summary.json")
+        rows.append({"group": g.id, "size": g.labels.get("size", ""),
+                     "switches": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in g.labels.items() if k != "size"),
+                     "members": len(summary["members"]), "steps": summary["steps"],
+                     "precision": summary.get("precision"), "device": summary.get("device"),
+                     "threads": summary.get("threads"), "seconds": summary.get("seconds")})
+    return rows
 
 
 def reproduce(name: str, scale: str, out: Path, workers: int | None = None, progress: Any = None,
@@ -121,6 +141,7 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
               "why": exp["scales"][scale].get("why", ""), "command": f"proxyscale reproduce {name} --scale {scale}",
               "seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1),
               "groups": results["group"].n_unique(), "runs": results.height, "figures": figures,
+              "group_rows": group_rows(results, groups, pool),
               "verdicts": [{"claim": v.claim, "verdict": v.label, "detail": v.detail} for v in verdicts],
               "sensitivity": sens.to_dicts()}
     store.write_json(exp_out / "verdicts.json", record)
