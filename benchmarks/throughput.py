@@ -9,7 +9,8 @@ and the ratios: K=1 ÷ compiled reference; the group ÷ 7 sequential K=1 runs (=
 runs one after another have the tokens/s of one); the group ÷ 7 sequential compiled-reference runs. Then the cost
 of diagnostics for the K=7 group at ``log_every`` 1 and 10 against an unlogged run.
 
-Shapes: ``micro`` = widths 64/128/256 (depth 2/2/3), seq 128, batch 16, byte vocab; ``small`` = d256-L3, d512-L6,
+Shapes: ``micro`` = widths 64/128/256 (depth 2/2/3), seq 128, batch 16, byte vocab; ``laptop`` = the micro ladder
+(d32-L1, d64-L2, d96-L3, d128-L4) at seq 64, batch 8, the shapes the micro and laptop experiments train; ``small`` = d256-L3, d512-L6,
 d1024-L12, seq 256, batch 64, vocab 8192. Random tokens. MFU = (6·(12·L·d² + d·V) + 6·L·d·T) FLOP/token ×
 tokens/s ÷ the bf16 matmul rate measured at the start (``--peak-tflops`` overrides it). Usage:
 
@@ -38,6 +39,8 @@ from proxyscale.train import GroupRun  # noqa: E402
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 SHAPES = {  # (width, depth, seq, batch, vocab)
     "micro": [(64, 2, 128, 16, 256), (128, 2, 128, 16, 256), (256, 3, 128, 16, 256)],
+    # the shapes the micro and laptop experiments train: the micro ladder at batch 8 x 64 (issue 14 §6)
+    "laptop": [(32, 1, 64, 8, 256), (64, 2, 64, 8, 256), (96, 3, 64, 8, 256), (128, 4, 64, 8, 256)],
     "small": [(256, 3, 256, 64, 8192), (512, 6, 256, 64, 8192), (1024, 12, 256, 64, 8192)],
 }
 
@@ -76,7 +79,7 @@ def proxyscale_case(shape, members: list[float], log_every: int, args, device) -
                      "threads": args.threads, "compile": args.compile},
            "members": {"lr": members}}
     run = GroupRun(config.from_dict(raw), Path("/nonexistent"), data=data)
-    run.l0 = torch.full((len(members),), 1e9, device=run.device)
+    run.l0 = torch.full((len(members),), 1e9, device=run.device)  # ℓ0 set by hand: no divergence check
     seconds, peak = timed(device, run.step, args.warmup, args.steps)
     return run.tokens_per_step / seconds, peak, run.micro_batch
 
@@ -142,7 +145,7 @@ def main() -> None:
     gpu = device.type == "cuda"
     args.steps = args.steps or (20 if gpu else 4)
     args.repeats = args.repeats or (1 if gpu else 3)
-    shapes = args.shapes or (["micro", "small"] if gpu else ["micro"])
+    shapes = args.shapes or (["micro", "small"] if gpu else ["laptop", "micro"])
     precision = resolve_precision("auto", device)
     compiled = resolve_compile(args.compile, device)
     peak = args.peak_tflops or (peak_tflops(device) if gpu else None)

@@ -87,3 +87,23 @@ def test_sigterm_to_a_sweep_is_one_line_and_the_rerun_finishes(tmp_path, make_ra
     assert proc.returncode == 128 + signal.SIGTERM, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "finished groups are kept and unfinished ones resume" in lines[0], err
+
+
+def test_the_eta_counts_what_running_groups_have_done_and_the_queue_by_workers(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from proxyscale import config
+
+    cfg = config.from_dict({"train": {"steps": 10}})
+    groups = [SimpleNamespace(id=f"g{i}", cfg=cfg, labels={"size": f"s{i}"}) for i in range(4)]
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = progress.Lines()
+    lines.add_task("groups", total=4)
+    lines.set_weights({g.id: 1.0 for g in groups}, parallel=2)
+    lines.group_started(groups[0])
+    lines.group_started(groups[1])
+    now[0] = 10.0
+    lines.group_finished(groups[0], 10.0)  # at t=10: g1 has run 10 s of its expected 10; g2, g3 queued
+    out = capsys.readouterr().out
+    assert "(1/4 groups done, ETA 10 s)" in out, out  # g1 ~0 s left, then g2 and g3 side by side: 10 s

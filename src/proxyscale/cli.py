@@ -26,7 +26,7 @@ threads.set_wait_policy()  # before anything imports torch: OpenMP reads it once
 from . import config as config_mod  # noqa: E402
 from . import store  # noqa: E402
 from .config import MEMBER_SCALARS, ConfigError  # noqa: E402
-from .experiments import SCALES  # noqa: E402
+from .experiments import FORECAST_LADDERS, SCALES  # noqa: E402
 from .progress import Lines  # noqa: E402
 from .store import StoreError  # noqa: E402
 
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("forecast", help="forecast a target run's instabilities from a ladder of proxies")
     p.add_argument("target", help="group YAML of the run to forecast (its optim.lr is the target LR)")
-    p.add_argument("--scale", default="micro", choices=["micro", "mini", "small"], help="the ladder to train")
+    p.add_argument("--scale", default="micro", choices=list(FORECAST_LADDERS), help="the ladder to train")
     p.add_argument("--out", default="runs/forecast", help="output root (default runs/forecast)")
     p.add_argument("--backtest", action="store_true", help="also hold out the ladder's largest size and score "
                    "the forecast on it")

@@ -33,6 +33,7 @@ import polars as pl
 from . import store, sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
 from .config import ConfigError, GroupConfig
+from .experiments import FORECAST_LADDERS
 from .model import count_params
 from .plan import vocab_size
 
@@ -48,8 +49,8 @@ EPS_FACTOR = 10.0
 """An update collapses once the gradient RMS is within this factor of AdamW's ε (paper §3.4, Fig 11)."""
 MARGIN = 0.1
 """Nats above the best loss of its size that make a run *unstable* (degraded)."""
-LADDERS = {"micro": "micro", "mini": "mini", "small": "small"}
-"""The ladder a scale forecasts from."""
+LADDERS = FORECAST_LADDERS
+"""The ladder a scale forecasts from (scales.yaml's ``ladder``, via the experiments catalogue)."""
 MODEL_INTERVENTIONS = ("qk_layernorm", "norm", "attn_scale", "mup", "zero_init_queries", "kappa", "attention",
                        "tied_embeddings", "rope_base")
 OPTIM_INTERVENTIONS = ("weight_decay", "independent_weight_decay", "eps", "beta1", "beta2", "z_loss", "clip",

@@ -50,6 +50,8 @@ class Lines:
         self.started: dict[str, float] = {}
         self.finished: set[str] = set()
         self.done_work = 0.0
+        self.done_seconds = 0.0
+        self.parallel = 1
         self.t0 = time.monotonic()
         self.n_done = 0
         self.n_total = 0
@@ -87,8 +89,9 @@ class Lines:
                    f"max attn logit {t.get('logit', 0):.3g}" + (f", ETA {fmt_duration(eta)}" if eta else ""))
 
     # -- group events ------------------------------------------------------------------------------------------
-    def set_weights(self, weights: dict[str, float]) -> None:
-        self.weights = dict(weights)
+    def set_weights(self, weights: dict[str, float], parallel: int = 1) -> None:
+        """Each group's share of the work (e.g. its FLOPs) and how many groups run at once, for the ETA."""
+        self.weights, self.parallel = dict(weights), max(1, parallel)
 
     def group_started(self, group: Any) -> None:
         self.started[group.id] = time.monotonic()
@@ -100,11 +103,17 @@ class Lines:
         self.n_done += 1
         self.finished.add(group.id)
         self.done_work += self.weights.get(group.id, 1.0)
-        # work left: groups not started whole, groups running half (a guess that is right on average)
-        left = sum(w for gid, w in self.weights.items() if gid not in self.started)
-        left += sum(0.5 * self.weights.get(gid, 1.0) for gid in self.started if gid not in self.finished)
-        eta = (now - self.t0) / self.done_work * left if self.done_work > 0 else None
-        tail = f", ETA {fmt_duration(eta)}" if eta is not None and self.n_done < self.n_total else ""
+        self.done_seconds += seconds
+        tail = ""
+        if self.n_done < self.n_total and self.done_work > 0:
+            # seconds per unit of work, from the finished groups; a running group has what it was expected to take
+            # less what it has run; the groups not started run `parallel` at a time
+            per = self.done_seconds / self.done_work
+            running = [max(0.0, self.weights.get(g, 1.0) * per - (now - t)) for g, t in self.started.items()
+                       if g not in self.finished]
+            queued = sum(w * per for g, w in self.weights.items() if g not in self.started)
+            eta = max([*running, (sum(running) + queued) / self.parallel])
+            tail = f", ETA {fmt_duration(eta)}"
         self.print(f"group {group.id[:6]} finished in {fmt_duration(seconds)}: {describe(group)} "
                    f"({self.n_done}/{self.n_total} groups done{tail})")
 

@@ -237,8 +237,8 @@ def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConf
     from .plan import group_plan
 
     by_id = {g.id: g for g in todo}
-    lines.set_weights({g.id: group_plan(g.id, g.cfg, g.labels, pool).flops for g in todo})
     parallel = {"local": executor.workers, "slurm": executor.slurm_array_parallelism}.get(executor.kind, len(todo))
+    lines.set_weights({g.id: group_plan(g.id, g.cfg, g.labels, pool).flops for g in todo}, parallel)
     queue = list(todo)
     for g in queue[:parallel]:
         lines.group_started(g)

@@ -26,7 +26,7 @@ is what collapses a multi-threaded run on a busy machine (see the module doc).""
 SAMPLE_SECONDS = 0.25
 """How long ``free_cores`` watches /proc/stat."""
 
-RECHECK_SECONDS = 30.0
+RECHECK_SECONDS = 10.0
 """How often a training run re-measures the free cores and adjusts its threads (``Rebalancer``)."""
 
 

@@ -22,3 +22,9 @@ def read_scales() -> dict[str, Any]:
 SCALES: tuple[str, ...] = tuple(read_scales()["scales"])
 """The scale names, in scales.yaml's order: micro (the two-minute look on a CPU), laptop (the headline claims on
 2 CPU cores), mini (one GPU), small (one 80 GB GPU), paper (a cluster)."""
+
+
+FORECAST_LADDERS: dict[str, str] = {name: body["ladder"] for name, body in read_scales()["scales"].items()
+                                    if body.get("ladder")}
+"""The scales a forecast can train, each with its ladder (``ladder.LADDERS``): those of scales.yaml with a
+``ladder``."""

@@ -1,0 +1,87 @@
+"""A run on a busy machine (issue 14 §5): wall time of ``proxyscale train examples/lr_grid.yaml`` alone, beside one
+CPU-bound process, beside a second proxyscale run, and of a slice of the test suite beside a run — before (2 torch
+threads, OpenMP's default wait policy: what proxyscale did) and after (``train.threads: 0``, the thread policy of
+``proxyscale.threads``, and ``OMP_WAIT_POLICY=PASSIVE`` set by the CLI). Every case runs in this one invocation, so
+the ratios compare like with like on a shared machine; numbers are printed, never asserted. Usage:
+
+    python benchmarks/busy_machine.py [--steps 300] [--tests tests/test_engine.py]
+
+Run it on a quiet machine: the load is what it adds itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = ROOT / "examples" / "lr_grid.yaml"
+POLICIES = {  # name: (extra --set, environment)
+    "before: 2 threads, default wait policy": (["train.threads=2"], {"OMP_WAIT_POLICY": ""}),  # "" = OpenMP's default
+    "after: threads auto, passive wait": (["train.threads=0"], {}),
+}
+BURN = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass"
+
+
+def train_cmd(out: Path, sets: list[str], steps: int) -> list[str]:
+    return [sys.executable, "-m", "proxyscale", "train", str(GRID), "--out", str(out), "--quiet",
+            "--set", f"train.steps={steps}", *sum((["--set", s] for s in sets), [])]
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--tests", default="tests/test_engine.py", help="the test-suite slice timed beside a run")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for policy, (sets, env) in POLICIES.items():
+            n = len(rows)
+            alone = timed(train_cmd(tmp / f"a{n}", sets, args.steps), env)
+            burn = subprocess.Popen([sys.executable, "-c", BURN])
+            try:
+                beside_cpu = timed(train_cmd(tmp / f"b{n}", sets, args.steps), env)
+            finally:
+                burn.kill()
+                burn.wait()
+            other = subprocess.Popen(train_cmd(tmp / f"c{n}", sets, args.steps * 3), env={**os.environ, **env},
+                                     stdout=subprocess.DEVNULL, cwd=ROOT)
+            try:
+                time.sleep(3)  # the other run is past its start-up
+                beside_run = timed(train_cmd(tmp / f"d{n}", sets, args.steps), env)
+            finally:
+                other.kill()
+                other.wait()
+            run = subprocess.Popen(train_cmd(tmp / f"e{n}", sets, args.steps * 20), env={**os.environ, **env},
+                                   stdout=subprocess.DEVNULL, cwd=ROOT)
+            try:
+                time.sleep(3)
+                suite = timed([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", args.tests], env)
+            finally:
+                run.kill()
+                run.wait()
+            rows.append((policy, alone, beside_cpu, beside_run, suite))
+            print(f"{policy}: alone {alone:.1f} s, beside a CPU-bound process {beside_cpu:.1f} s, beside a second "
+                  f"run {beside_run:.1f} s, {args.tests} beside a run {suite:.1f} s", flush=True)
+    print(f"\n| policy | alone | beside one CPU-bound process | beside a second proxyscale run | "
+          f"`{args.tests}` beside a run |\n|---|---|---|---|---|")
+    for policy, *t in rows:
+        print(f"| {policy} | " + " | ".join(f"{x:.1f} s" for x in t) + " |")
+    before, after = rows[0][1:], rows[1][1:]
+    print("| after ÷ before | " + " | ".join(f"{a / b:.2f}" for a, b in zip(after, before)) + " |")
+
+
+if __name__ == "__main__":
+    main()
