@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "examples" / "lr_grid.yaml"
 POLICIES = {  # name: (extra --set, environment)
-    "before: 2 threads, default wait policy": (["train.threads=2"], {"OMP_WAIT_POLICY": ""}),  # "" = OpenMP's default
+    "before: 2 threads, default wait policy": (["train.threads=2"], {"OMP_WAIT_POLICY": ""}),  # "": OpenMP's default
     "after: threads auto, passive wait": (["train.threads=0"], {}),
 }
 BURN = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass"
@@ -39,6 +39,17 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def beside(load: list[str], load_env: dict[str, str], settle: float, cmd: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of ``cmd`` while ``load`` runs (started ``settle`` seconds before, killed after)."""
+    other = subprocess.Popen(load, env={**os.environ, **load_env}, stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        time.sleep(settle)
+        return timed(cmd, env)
+    finally:
+        other.kill()
+        other.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
@@ -50,28 +61,11 @@ def main() -> None:
         for policy, (sets, env) in POLICIES.items():
             n = len(rows)
             alone = timed(train_cmd(tmp / f"a{n}", sets, args.steps), env)
-            burn = subprocess.Popen([sys.executable, "-c", BURN])
-            try:
-                beside_cpu = timed(train_cmd(tmp / f"b{n}", sets, args.steps), env)
-            finally:
-                burn.kill()
-                burn.wait()
-            other = subprocess.Popen(train_cmd(tmp / f"c{n}", sets, args.steps * 3), env={**os.environ, **env},
-                                     stdout=subprocess.DEVNULL, cwd=ROOT)
-            try:
-                time.sleep(3)  # the other run is past its start-up
-                beside_run = timed(train_cmd(tmp / f"d{n}", sets, args.steps), env)
-            finally:
-                other.kill()
-                other.wait()
-            run = subprocess.Popen(train_cmd(tmp / f"e{n}", sets, args.steps * 20), env={**os.environ, **env},
-                                   stdout=subprocess.DEVNULL, cwd=ROOT)
-            try:
-                time.sleep(3)
-                suite = timed([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", args.tests], env)
-            finally:
-                run.kill()
-                run.wait()
+            beside_cpu = beside([sys.executable, "-c", BURN], {}, 0, train_cmd(tmp / f"b{n}", sets, args.steps), env)
+            beside_run = beside(train_cmd(tmp / f"c{n}", sets, args.steps * 3), env, 3,
+                                train_cmd(tmp / f"d{n}", sets, args.steps), env)
+            suite = beside(train_cmd(tmp / f"e{n}", sets, args.steps * 20), env, 3,
+                           [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", args.tests], env)
             rows.append((policy, alone, beside_cpu, beside_run, suite))
             print(f"{policy}: alone {alone:.1f} s, beside a CPU-bound process {beside_cpu:.1f} s, beside a second "
                   f"run {beside_run:.1f} s, {args.tests} beside a run {suite:.1f} s", flush=True)

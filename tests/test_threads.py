@@ -73,6 +73,10 @@ def test_the_cli_sets_a_passive_openmp_wait_policy_before_torch_starts():
     out = subprocess.run([sys.executable, "-c", code.replace("os.environ.pop('OMP_WAIT_POLICY', None)\n", "")],
                          capture_output=True, text=True, check=True, env=env).stdout.split()
     assert out == ["ACTIVE"]
+    env = {**os.environ, "OMP_WAIT_POLICY": ""}  # empty: OpenMP's own default, the variable removed
+    out = subprocess.run([sys.executable, "-c", code.replace("os.environ.pop('OMP_WAIT_POLICY', None)\n", "")],
+                         capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == ["None"]
 
 
 def test_auto_threads_group_records_the_threads_it_took(tmp_path, make_raw):

@@ -20,6 +20,7 @@ from typing import Any
 from . import store
 from .config import ConfigError, GroupConfig, parse_vocab
 from .device import train_flops_per_token
+from .progress import fmt_duration
 
 PROBE_STEPS = 3
 """Timed optimizer steps per shape (after one untimed warm-up step); fewer when a step is slow."""
@@ -164,13 +165,8 @@ def probe_step_seconds(cfg: GroupConfig) -> float | str:
 
 
 def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
+    """An estimate in whole minutes (``progress.fmt_duration``); "–" when there is none."""
+    return "–" if s is None else fmt_duration(s, minute_digits=0)
 
 
 def fmt_count(x: float) -> str:

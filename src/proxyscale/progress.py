@@ -19,12 +19,12 @@ import time
 from typing import Any, TextIO
 
 
-def fmt_duration(seconds: float) -> str:
-    """12 s, 3.4 min, 1.2 h."""
+def fmt_duration(seconds: float, minute_digits: int = 1) -> str:
+    """12 s, 3.4 min (``minute_digits`` decimals), 1.2 h: the one way durations are written."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
+        return f"{seconds / 60:.{minute_digits}f} min"
     return f"{seconds / 3600:.1f} h"
 
 

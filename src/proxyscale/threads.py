@@ -32,9 +32,13 @@ RECHECK_SECONDS = 10.0
 
 def set_wait_policy() -> None:
     """Set ``WAIT_POLICY_ENV`` in this process's environment (inherited by the workers it spawns) unless the user
-    chose a value. A no-op once OpenMP has started, so call it before importing torch."""
+    chose a value; an empty value (``OMP_WAIT_POLICY=``) means OpenMP's own default and is removed (OpenMP would
+    warn about it). A no-op once OpenMP has started, so call it before importing torch."""
     for name, value in WAIT_POLICY_ENV.items():
-        os.environ.setdefault(name, value)
+        if os.environ.get(name) == "":
+            del os.environ[name]
+        else:
+            os.environ.setdefault(name, value)
 
 
 def usable_cores() -> int:
