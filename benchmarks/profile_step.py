@@ -13,9 +13,9 @@ from pathlib import Path
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import LRS, SHAPES, proxyscale_case, reference_case  # noqa: E402,F401
+from throughput import LRS, SHAPES, proxyscale_case, reference_case, shape_precision  # noqa: E402,F401
 
-from proxyscale.device import resolve_device, resolve_precision  # noqa: E402
+from proxyscale.device import resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +35,8 @@ def main() -> None:
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     shape = tuple(args.shape)
     for name, case in (("proxyscale", lambda: proxyscale_case(shape, LRS[:args.members], args.log_every, args, device)),
-                       ("reference compiled", lambda: reference_case(shape, True, resolve_precision("auto", device),
-                                                                     args, device))):
+                       ("reference compiled", lambda: reference_case(shape, True, shape_precision(shape, device), args,
+                                                                     device))):
         case()  # compile and warm up outside the profile
         with profile(activities=activities) as prof:
             tps = case()[0]

@@ -84,6 +84,12 @@ def proxyscale_case(shape, members: list[float], log_every: int, args, device) -
     return run.tokens_per_step / seconds, peak, run.micro_batch
 
 
+def shape_precision(shape, device) -> str:
+    """The precision ``auto`` gives a group of this shape, so the reference loop runs in the same one."""
+    d, _, seq, batch, _ = shape
+    return resolve_precision("auto", device, d, seq * batch)
+
+
 def reference_case(shape, compiled: bool, precision: str, args, device) -> tuple[float, float]:
     d, depth, seq, batch, vocab = shape
     heads = d // 64 if d >= 256 and vocab > 256 else d // 32
@@ -146,7 +152,7 @@ def main() -> None:
     args.steps = args.steps or (20 if gpu else 4)
     args.repeats = args.repeats or (1 if gpu else 3)
     shapes = args.shapes or (["micro", "small"] if gpu else ["laptop", "micro"])
-    precision = resolve_precision("auto", device)
+    precision = "auto (per shape: the precision a group of that shape picks)"
     compiled = resolve_compile(args.compile, device)
     peak = args.peak_tflops or (peak_tflops(device) if gpu else None)
     name = torch.cuda.get_device_name(device) if gpu else "CPU"
@@ -176,7 +182,8 @@ def main() -> None:
             if args.widths and shape[0] not in args.widths:
                 continue
             cases = {"k1": (proxyscale_case, shape, LRS[3:4], 0), "k7": (proxyscale_case, shape, LRS, 0),
-                     "ref_e": (reference_case, shape, False, precision), "ref_c": (reference_case, shape, True, precision)}
+                     "ref_e": (reference_case, shape, False, shape_precision(shape, device)),
+                     "ref_c": (reference_case, shape, True, shape_precision(shape, device))}
             best: dict = {}
             for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every case
                 for name, (fn, *rest) in cases.items():
