@@ -26,6 +26,10 @@ def test_experiment_file_is_valid(name):
         if scale == "micro":
             for g in groups:
                 assert g.cfg.model.width <= 256 and g.cfg.train.steps <= 600, (name, g.labels)
+        if scale == "laptop":  # the headline claims on 2 cores: micro's shapes, 5x its steps
+            for g in groups:
+                assert g.cfg.model.width <= 256 and g.cfg.data.batch_size * g.cfg.data.seq_len <= 16 * 64, (name, g.labels)
+                assert g.cfg.train.steps >= 750, (name, g.labels)  # e7's shortest is half the laptop length
         if scale == "mini":  # mini goes after the scaling claims: far more tokens per run than micro
             for g in groups:
                 tokens = g.cfg.train.steps * g.cfg.data.batch_size * g.cfg.data.seq_len
@@ -72,7 +76,7 @@ def test_experiment_with_a_bad_figure_or_claim_fails_to_load(tmp_path, monkeypat
         reproduce.load("fig1")
 
 
-@pytest.mark.parametrize("scale", ["micro", "mini"])
+@pytest.mark.parametrize("scale", ["micro", "laptop", "mini"])
 def test_experiments_share_fig1s_groups(scale):
     """The pool trains a group once: fig9 needs all of fig1's groups, and figs 8, 11 and E.14 some of them."""
     def ids(name):
@@ -125,3 +129,34 @@ def test_a_claim_lr_off_the_grid_and_a_bad_role_are_errors():
     with pytest.raises(ConfigError, match="axis 'optim.eps' is not swept"):
         claims.resolve({**base, "args": {**base["args"], "axis": "optim.eps"}}, planned, "x")
     assert claims.resolve({**base, "args": {**base["args"], "lr": 0.1}}, planned, "x")["args"]["lr"] == 0.1
+
+
+def test_laptop_scale_plan_fig1_and_fig6_share_groups_and_plan_without_training(tmp_path, capsys):
+    """The laptop scale (issue 14): Fig 1 over micro's three sizes at 1,500 steps, fp32 on a CPU; Fig 6's
+    independent-decay groups are Fig 1's; --plan prints it and writes nothing."""
+    from proxyscale.cli import main
+    from proxyscale.device import resolve_precision
+
+    groups = sweep.expand(reproduce.sweep_spec(reproduce.load("fig1"), "laptop"))
+    assert len(groups) == 6 and {g.cfg.train.steps for g in groups} == {1500}
+    assert {g.cfg.optim.warmup for g in groups} == {150}
+    assert {resolve_precision("auto", __import__("torch").device("cpu"), g.cfg.model.width,
+                              g.cfg.data.batch_size * g.cfg.data.seq_len) for g in groups} == {"fp32"}
+    fig6 = {g.id for g in sweep.expand(reproduce.sweep_spec(reproduce.load("fig6"), "laptop"))}
+    assert len(fig6 & {g.id for g in groups}) == 3
+    assert main(["reproduce", "fig1", "--scale", "laptop", "--out", str(tmp_path / "r"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "6 groups (0 done, 0 resuming, 6 new), 42 runs" in out and not (tmp_path / "r").exists()
+
+
+def test_forecast_ladders_come_from_scales_yaml():
+    from pathlib import Path
+
+    from proxyscale import config, experiments, forecast
+
+    assert set(experiments.FORECAST_LADDERS) == {"micro", "laptop", "mini", "small"}
+    target = config.load(str(Path(__file__).parents[1] / "examples" / "target.yaml"))
+    ladder = sweep.expand(forecast.ladder_spec(target, "laptop"))
+    assert len(ladder) == 4 and {g.cfg.train.steps for g in ladder} == {1500}
+    with pytest.raises(ConfigError, match="--scale"):
+        forecast.ladder_spec(target, "paper")

@@ -86,3 +86,15 @@ def test_auto_threads_group_records_the_threads_it_took(tmp_path, make_raw):
     raw = make_raw(train={"threads": 0, "steps": 4, "eval_every": 2})
     summary, _ = train_group(config.from_dict(raw), tmp_path / "g", thread_cap=1)
     assert summary["threads"] == 1 and summary["device"] == "cpu"
+
+
+def test_a_sweep_worker_starts_at_its_share_and_may_grow_into_freed_cores(make_raw):
+    from pathlib import Path
+
+    from proxyscale import config
+    from proxyscale.train import GroupRun
+
+    run = GroupRun(config.from_dict(make_raw(train={"threads": 0})), Path("/nonexistent"), thread_cap=1, thread_max=2)
+    assert run.rebalancer is not None and run.rebalancer.threads == 1 and run.rebalancer.cap == 2
+    fixed = GroupRun(config.from_dict(make_raw(train={"threads": 1})), Path("/nonexistent"), thread_cap=1, thread_max=2)
+    assert fixed.rebalancer is None  # an explicit train.threads is kept as given

@@ -31,6 +31,7 @@ from .data import check_corpus
 from .executors import ExecutorConfig, cpus_per_group, executor_config
 from .executors import run as run_jobs
 from .store import StoreError
+from .threads import usable_cores
 
 SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels", "executor")
 PART_KEYS = ("base", "sizes", "axes", "members", "labels")
@@ -157,15 +158,16 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def train_job(job: tuple[str, dict, str, int]) -> str:
+def train_job(job: tuple[str, dict, str, int, int | None]) -> str:
     """The one job every executor runs (top-level, so it pickles): train group ``id`` into ``pool/<id>``."""
-    gid, raw_cfg, pool, threads = job
+    gid, raw_cfg, pool, threads, grow = job
     from .train import train_group
 
     cfg = config_mod.from_dict(raw_cfg)
     # threads auto: at most the cores the executor gave this group (so workers never oversubscribe), fewer where
-    # other work holds them (threads.choose); a group another worker holds: wait, then it is finished
-    train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads)
+    # other work holds them (threads.choose), more (up to ``grow``) once other workers finish; a group another
+    # worker holds: wait, then it is finished
+    train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads, thread_max=grow)
     return gid
 
 
@@ -203,7 +205,9 @@ def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path,
     todo = [g for g in groups if not store.finished(pool / g.id)]  # a damaged finished group is set aside: retrained
     task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0,
                              left=len(todo)) if progress else None
-    jobs = [(g.id, g.cfg.to_dict(), str(pool.resolve()), cpus_per_group(executor)) for g in todo]
+    # a local worker with automatic cores may grow into the cores other workers leave (the tail of a sweep)
+    grow = usable_cores() if executor.kind == "local" and not executor.cpus_per_group else None
+    jobs = [(g.id, g.cfg.to_dict(), str(pool.resolve()), cpus_per_group(executor), grow) for g in todo]
     start = time.perf_counter()
 
     def show(done: int, running: int) -> None:

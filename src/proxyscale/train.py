@@ -85,7 +85,8 @@ def _combine(chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class GroupRun:
     """State of one group's training; ``run()`` trains to the end, checkpointing and resuming in ``out``."""
 
-    def __init__(self, cfg: GroupConfig, out: Path, data: TokenData | None = None, thread_cap: int | None = None) -> None:
+    def __init__(self, cfg: GroupConfig, out: Path, data: TokenData | None = None, thread_cap: int | None = None,
+                 thread_max: int | None = None) -> None:
         self._started = time.perf_counter()  # setup (data, init) counts towards the group's seconds
         self.cfg, self.out = cfg, Path(out)
         t = cfg.train
@@ -98,9 +99,9 @@ class GroupRun:
         if t.threads > 0:  # the user's count is kept as given
             torch.set_num_threads(t.threads)
         elif self.device.type == "cpu":  # auto: no more threads than the cores free now, re-checked while training
-            cap = thread_cap or threads.usable_cores()
+            cap = thread_cap or threads.usable_cores()  # its share to start with; up to thread_max once cores free
             torch.set_num_threads(threads.choose(cap, threads.free_cores()))
-            self.rebalancer = threads.Rebalancer(cap, torch.set_num_threads)
+            self.rebalancer = threads.Rebalancer(max(cap, thread_max or 0), torch.set_num_threads)
             self.rebalancer.threads = torch.get_num_threads()
         elif thread_cap:
             torch.set_num_threads(thread_cap)
@@ -301,18 +302,19 @@ def _halve(micro_batch: int, batch: int) -> int:
 
 def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], None] | None = None,
                 progress: Any = None, data: TokenData | None = None, wait: bool = False,
-                thread_cap: int | None = None) -> tuple[dict[str, Any], bool]:
+                thread_cap: int | None = None, thread_max: int | None = None) -> tuple[dict[str, Any], bool]:
     """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched.
 
     ``out`` has one writer at a time (``store.lock``): a second one waits (``wait``, as sweep workers do: the
     group is then usually finished) or exits with a message naming the holder. Nothing is written before the
     config and data have been checked. ``thread_cap``: the cores this group may use when ``train.threads`` is 0
-    (auto; a sweep gives each worker its share), of which it takes those free (``threads.choose``)."""
+    (auto; a sweep gives each worker its share), of which it takes those free (``threads.choose``);
+    ``thread_max``: how many it may grow to while training when cores free up (the last groups of a sweep)."""
     out = Path(out)
     store.check_dir(out)
     if store.finished(out):
         return _finished_summary(out, cfg), False
-    run = GroupRun(cfg, out, data, thread_cap)  # loads the data first: a bad corpus fails before anything is written
+    run = GroupRun(cfg, out, data, thread_cap, thread_max)  # loads the data first: a bad corpus fails before anything is written
     with store.lock(out, wait=wait):
         if store.finished(out):  # another writer finished it while we waited
             return _finished_summary(out, cfg), False
