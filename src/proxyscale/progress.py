@@ -28,11 +28,16 @@ def fmt_duration(seconds: float, minute_digits: int = 1) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def short_label(key: str) -> str:
+    """model.qk_layernorm -> qk_layernorm; a paired axis train.steps,optim.warmup -> steps,warmup."""
+    return ",".join(part.split(".")[-1] for part in key.split(","))
+
+
 def describe(group: Any) -> str:
     """A group in one phrase: size, switches, members, steps (``sweep.Group``: labels and cfg)."""
     labels = dict(group.labels)
     size = labels.pop("size", f"d{group.cfg.model.width}-L{group.cfg.model.depth}")
-    switches = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in labels.items())
+    switches = ", ".join(f"{short_label(k)}={v}" for k, v in labels.items())
     k = len(group.cfg.member_list())
     return (f"{size}{' ' + switches if switches else ''}, {k} member{'s' if k > 1 else ''}, "
             f"{group.cfg.train.steps:,} steps")
