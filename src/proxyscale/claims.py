@@ -339,11 +339,11 @@ def resolve(claim: dict[str, Any], planned: pl.DataFrame, where: str) -> dict[st
     fn = CHECKS[claim["check"]]
     given = dict(claim.get("args") or {})
     args = _defaults(fn, given)
-    rows = table.where(planned, args.get("where")) if isinstance(args.get("where"), dict) else planned
     text = f"{where} ({claim['text'][:60]!r})"
-    for name, cond in (args.get("where") or {}).items():
+    for name in args.get("where") or {}:  # checked before filtering, which would fail on a missing column
         if table.col(name) not in planned.columns:
             raise ConfigError(f"{text}: where.{name}: no such column in the planned runs")
+    rows = table.where(planned, args.get("where")) if isinstance(args.get("where"), dict) else planned
     if planned.height and rows.height == 0:
         raise ConfigError(f"{text}: where {args['where']} matches no planned run")
     axis = args.get("axis")

@@ -10,7 +10,6 @@ leaves a checkpoint that the next attempt (a Ray retry, or a rerun of the comman
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 from .config import ConfigError, require_extra
 from .store import StoreError
+from .threads import usable_cores
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def cpus_per_group(cfg: ExecutorConfig) -> int:
     if cfg.cpus_per_group:
         return cfg.cpus_per_group
     if cfg.kind == "local":
-        return max(1, (os.cpu_count() or 1) // cfg.workers)
+        return max(1, usable_cores() // cfg.workers)  # the cores this process may use (its affinity mask)
     return 1 if cfg.kind == "ray" else cfg.slurm_cpus_per_task
 
 

@@ -106,10 +106,10 @@ class Rebalancer:
     """Re-measures the free cores every ``RECHECK_SECONDS`` while a group trains and sets torch's thread count to
     ``choose(cap, free)``; ``own_threads`` of the run are not counted as other load."""
 
-    def __init__(self, cap: int, set_threads, every: float = RECHECK_SECONDS) -> None:
+    def __init__(self, cap: int, set_threads, threads: int | None = None, every: float = RECHECK_SECONDS) -> None:
         self.cap, self.set_threads, self.every = cap, set_threads, every
         self.meter, self.next = CoreMeter(), time.monotonic() + every
-        self.threads = cap
+        self.threads = cap if threads is None else threads  # what the run has now
 
     def tick(self) -> int | None:
         """Call once per step: returns the new thread count when it changed, else None (cheap between checks)."""

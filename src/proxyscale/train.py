@@ -100,9 +100,9 @@ class GroupRun:
             torch.set_num_threads(t.threads)
         elif self.device.type == "cpu":  # auto: no more threads than the cores free now, re-checked while training
             cap = thread_cap or threads.usable_cores()  # its share to start with; up to thread_max once cores free
-            torch.set_num_threads(threads.choose(cap, threads.free_cores()))
-            self.rebalancer = threads.Rebalancer(max(cap, thread_max or 0), torch.set_num_threads)
-            self.rebalancer.threads = torch.get_num_threads()
+            start = threads.choose(cap, threads.free_cores())
+            torch.set_num_threads(start)
+            self.rebalancer = threads.Rebalancer(max(cap, thread_max or 0), torch.set_num_threads, start)
         elif thread_cap:
             torch.set_num_threads(thread_cap)
         self.members = cfg.member_list()
