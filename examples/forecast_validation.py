@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from proxyscale import forecast, sweep
+from proxyscale import forecast, instability, sweep
 from proxyscale.config import GroupConfig
 
 TARGET = Path(__file__).with_name("target.yaml")
@@ -65,7 +65,7 @@ def main() -> None:
         results = sweep.run_sweep(spec, args.out / "ladders" / name, pool=args.out / "groups")
         o = target.optim
         bt = forecast.backtest(results, o.eps, o.z_loss, o.weight_decay, target.model.qk_layernorm)
-        rows = forecast.unstable(results)
+        rows = instability.unstable(results)
         held = bt["held_out_n"]
         t = forecast.trend(forecast.instability_lrs(rows.filter(pl.col("n_params") < held)), held)
         measured = dict(forecast.instability_lrs(rows)).get(held)

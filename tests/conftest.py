@@ -1,7 +1,12 @@
 """Tests run on one thread, fp32, byte-level vocab, tens of steps; caches go to a temporary folder."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # shared test models (tiny_models.py): test modules load by path
 
 torch.set_num_threads(1)
 

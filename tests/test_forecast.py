@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import yaml
 
-from proxyscale import forecast
+from proxyscale import forecast, instability
 from proxyscale.cli import main
 
 
@@ -40,12 +40,12 @@ def test_a_power_law_is_forecast_with_an_interval_that_holds_it():
 def test_too_few_sizes_say_so_instead_of_a_number():
     t = forecast.trend([(1e4, 1.0), (1e5, 2.0)], 1e9)
     assert not t["ok"] and "needs 3" in t["why"] and "value" not in t
-    f = forecast.forecast(forecast.unstable(ladder(sizes=(1e4, 1e5))), 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")
+    f = forecast.forecast(instability.unstable(ladder(sizes=(1e4, 1e5))), 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")
     assert {v["verdict"] for v in f["verdicts"]} == {"cannot forecast"}
 
 
 def test_unstable_means_above_the_best_lr_only():
-    rows = forecast.unstable(ladder())
+    rows = instability.unstable(ladder())
     small = rows.filter(pl.col("n_params") == 10_000).sort("member.lr")
     assert small["unstable"].to_list() == [False, False, False, True]  # the undertrained low LRs are not unstable
     # each size's first unstable LR, pulled back in log LR to where its loss crosses best + 0.1 nats
@@ -63,14 +63,14 @@ def test_instability_lr_interpolates_between_grid_points_with_the_loss_capped_at
     rows = pl.DataFrame([{"label.size": name, "n_params": 10**i, "member.lr": lr, "l0": 5.5, "final_eval_loss": loss,
                           "diverged": loss != loss} for i, (name, losses) in enumerate(sizes.items(), start=4)
                          for lr, loss in zip(lrs, losses)])
-    got = dict(forecast.instability_lrs(forecast.unstable(rows)))
+    got = dict(forecast.instability_lrs(instability.unstable(rows)))
     assert got[1e4] == pytest.approx(0.1 * 10 ** ((0.1 - 0.05) / (0.25 - 0.05)))  # gaps 0.05 → 0.25 cross 0.1
     assert got[1e5] == pytest.approx(0.1 * 10 ** ((0.1 - 0.02) / (3.0 - 0.02)))  # NaN counts as ℓ0 = 5.5
     assert 1e6 not in got  # no LR above the best is unstable: no instability LR, not a made-up one
 
 
 def test_verdicts_follow_the_forecast_and_the_calibrated_threshold():
-    rows = forecast.unstable(ladder(noise=0.02))
+    rows = instability.unstable(ladder(noise=0.02))
     f = forecast.forecast(rows, 1e9, 1e-1, 1e-8, 0.0, 0.0, "off")
     att, out, eps, div = f["verdicts"]
     assert f["logit_threshold_source"] == "calibrated on the ladder"
@@ -148,10 +148,10 @@ def test_t80_is_students_t_quantile():
         return 0.5 + np.trapezoid(c * (1 + x**2 / df) ** (-(df + 1) / 2), x)
 
     for df in (1, 2, 3, 5, 10, 30):
-        assert cdf(forecast.t80(df), df) == pytest.approx(0.9, abs=2e-4), df
-    assert forecast.t80(1000) == forecast.t80(30)
+        assert cdf(instability.t80(df), df) == pytest.approx(0.9, abs=2e-4), df
+    assert instability.t80(1000) == instability.t80(30)
     with pytest.raises(ValueError):
-        forecast.t80(0)
+        instability.t80(0)
 
 
 @pytest.mark.parametrize("sizes", [3, 4, 6])
@@ -193,14 +193,14 @@ def test_the_validation_example_builds_every_variant(tmp_path):
 
 def test_a_size_that_never_turns_unstable_is_named_when_the_divergence_lr_cannot_be_forecast():
     calm = {1e4: 10.0, 1e5: 10.0, 1e6: 0.1, 1e7: 0.01}  # the two smallest sizes are stable on the whole grid
-    rows = forecast.unstable(ladder(diverge_from=lambda n: calm[n]))
+    rows = instability.unstable(ladder(diverge_from=lambda n: calm[n]))
     div = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")["verdicts"][3]
     assert div["verdict"] == "cannot forecast" and "needs 3" in div["detail"]
     assert "s0, s1 stayed stable at every LR above their best" in div["detail"] and "above 1:" in div["detail"]
 
 
 def test_the_output_verdict_gives_the_mean_logit_with_its_band_and_sign():
-    rows = forecast.unstable(ladder(noise=0.02))  # mean output logit -5 at every size
+    rows = instability.unstable(ladder(noise=0.02))  # mean output logit -5 at every size
     out = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")["verdicts"][1]
     low, high = out["detail"].split("mean output logit ")[1].split("(80% interval ")[1].split(")")[0].split("–")
     assert float(low) < -5.0 < float(high) < 0

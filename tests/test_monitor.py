@@ -12,55 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from proxyscale import monitor
+from tiny_models import NanoGPT  # tests/ is on sys.path (conftest.py)
 
 transformers = pytest.importorskip("transformers", reason="LOUD SKIP: transformers not installed "
                                    "(pip install 'proxyscale[transformers]')")
-
-
-class CausalSelfAttention(nn.Module):
-    """nanoGPT's attention, which also keeps its own max pre-softmax logit (the reference)."""
-
-    def __init__(self, d, heads):
-        super().__init__()
-        self.c_attn, self.c_proj, self.n_head = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False), heads
-        self.max_logit = None
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.c_attn(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // self.n_head)
-        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-        self.max_logit = scores.detach().amax().item()
-        return self.c_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))
-
-
-class Block(nn.Module):
-    def __init__(self, d, heads):
-        super().__init__()
-        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(d), CausalSelfAttention(d, heads), nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, vocab=64, d=32, heads=2, layers=2, t=64):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(t, d)
-        self.h = nn.ModuleList(Block(d, heads) for _ in range(layers))
-        self.ln_f, self.lm_head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
-        for p in self.parameters():  # nanoGPT's init: N(0, 0.02) for every weight matrix and embedding
-            if p.dim() == 2:
-                nn.init.normal_(p, std=0.02)
-
-    def forward(self, idx):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.h:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
 
 
 def gpt2():
@@ -236,3 +191,30 @@ def test_update_rms_is_the_adam_direction_weight_decay_apart_and_collapses_under
     sgd_rms, grad, source = first_step(1e-12, 0.0, opt_cls=lambda ps, lr, eps, weight_decay: torch.optim.SGD(ps, lr=lr),
                                        out="sgd")
     assert sgd_rms == pytest.approx(grad.pow(2).mean().sqrt().item(), rel=1e-3) and source.startswith("RMS(Δθ)/LR")
+
+
+def test_an_alarm_speaks_once_per_cause_and_again_only_when_worse(tmp_path, capsys):
+    """A GPT-2 at LR 0.3 without qk-layernorm: the logit alarm holds on most recorded steps, but is printed once,
+    then again only when its severity has doubled."""
+    torch.manual_seed(0)
+    model = gpt2()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.3, weight_decay=0.0)
+    mon = monitor.attach(model, opt, every=1, out=tmp_path, logit_threshold=100.0)
+    base = torch.randint(0, 64, (65,), generator=torch.Generator().manual_seed(1))
+    x = torch.stack([torch.roll(base, i) for i in range(8)])
+    for _ in range(30):
+        logits = logits_of(model, x[:, :-1])
+        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
+        mon.step(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).detach(), logits)
+        opt.step()
+        opt.zero_grad()
+    mon.close()
+    err = capsys.readouterr().err
+    cause = "attention-logit growth"
+    spoken = [a for a in mon.alarms if a.cause == cause]
+    assert mon.firings[cause] >= 10 and 1 <= len(spoken) < mon.firings[cause] / 2, (mon.firings, len(spoken))
+    assert err.count("attention logits growing") == len(spoken)
+    for before, after in zip(spoken, spoken[1:]):
+        assert after.severity >= monitor.WORSENS * before.severity
+    rec = json.loads((tmp_path / "monitor.json").read_text())
+    assert rec["alarms"] == len(mon.alarms) and rec["firings"][cause] == mon.firings[cause]

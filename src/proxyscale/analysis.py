@@ -75,7 +75,7 @@ def fit_log(x: Sequence[float], y: Sequence[float], degree: int = 1) -> dict:
     """Fit log10(y) as a polynomial of log10(x): degree 1 is a power law, 2 the paper's quadratic (Fig 9).
 
     Returns the coefficients (highest power first), their covariance, the residual std and the number of points
-    fitted, for ``predict`` and ``forecast.band``.
+    fitted, for ``instability.interval``.
     """
     import numpy as np
 
@@ -92,18 +92,6 @@ def fit_log(x: Sequence[float], y: Sequence[float], degree: int = 1) -> dict:
     else:  # exact fit: no residual to estimate the uncertainty from
         coef, cov, sigma = np.polyfit(lx, ly, degree), np.full((degree + 1, degree + 1), np.nan), float("nan")
     return {"coef": coef.tolist(), "cov": cov.tolist(), "sigma": sigma, "degree": degree, "n": int(len(lx))}
-
-
-def predict(fit: dict, x: float) -> tuple[float, float, float]:
-    """(prediction, low, high) at ``x``: the fit and its ±1σ band (parameter covariance plus residual), in y units."""
-    import numpy as np
-
-    lx = np.log10(x)
-    basis = np.array([lx**p for p in range(fit["degree"], -1, -1)])
-    mean = float(np.polyval(fit["coef"], lx))
-    var = float(basis @ np.asarray(fit["cov"]) @ basis) + fit["sigma"] ** 2
-    std = math.sqrt(var) if math.isfinite(var) else float("nan")
-    return 10**mean, 10 ** (mean - std) if math.isfinite(std) else math.nan, 10 ** (mean + std) if math.isfinite(std) else math.nan
 
 
 def sensitivity_frame(results, by: Sequence[str]):

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from . import table
+from . import instability, table
 from .analysis import sensitivity_frame
 from .config import ConfigError, check_call
 from .table import col, is_
@@ -229,40 +229,35 @@ def trains_at(results: pl.DataFrame, lr: float, where: dict[str, Any] | None = N
 
 
 def prediction_table(results: pl.DataFrame, fit_sizes: int | None = None, degree: int = 1, column: str = "attn_logit_max/0@step",
-                     margin: float = 0.1, axis: str = "model.qk_layernorm", value: Any = "off",
+                     margin: float = instability.MARGIN, axis: str = "model.qk_layernorm", value: Any = "off",
                      reference: Any = "head") -> dict[str, Any]:
     """Fig 9 as an out-of-sample test, on the runs with ``axis == value`` (qk-layernorm off).
 
     Per LR: fit log10(logit) against log10(N) on the ``fit_sizes`` smallest sizes (default: all but the largest)
-    and extrapolate to the next size, which the fit never saw. A run is *unstable* when its final loss is worse by more than ``margin`` nats than the
+    and extrapolate to the next size, which the fit never saw, with its 80% interval. A run is *unstable*
+    (``instability.unstable`` with a reference) when its final loss is worse by more than ``margin`` nats than the
     run of the same size and LR with ``axis == reference`` (qk-layernorm on: the logit growth is what cost it), or
-    when it diverged. The logit threshold is calibrated on the fitted sizes: the geometric mean of the largest stable
-    and the smallest unstable logit, when they separate."""
-    import math
-
-    from .analysis import fit_log, predict
+    when it diverged. The logit threshold is calibrated on the fitted sizes (``instability.threshold``)."""
+    from .analysis import fit_log
 
     # joined on the size label: qk-layernorm's scales make N differ slightly between the two variants
-    ref = results.filter(is_(axis, reference)).select("label.size", "member.lr", pl.col("final_eval_loss").alias("ref_loss"))
-    r = results.filter(is_(axis, value) & pl.col(column).is_not_null())
-    r = r.join(ref, on=["label.size", "member.lr"], how="left").with_columns(
-        ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("ref_loss") + margin) | pl.col("diverged")).alias("unstable"))
+    r = instability.unstable(results.filter(is_(axis, value) & pl.col(column).is_not_null()), margin,
+                             reference=results.filter(is_(axis, reference)))
     sizes = r.select("n_params").unique().sort("n_params")["n_params"].to_list()
     fit_sizes = len(sizes) - 1 if fit_sizes is None else fit_sizes
     if not 1 <= fit_sizes < len(sizes):
         raise ValueError(f"fit_sizes={fit_sizes}: need at least one fitted and one held-out size, have {len(sizes)}")
     fit_n, held = sizes[:fit_sizes], sizes[fit_sizes]
     fitted = r.filter(pl.col("n_params").is_in(fit_n))
-    stable_max = fitted.filter(~pl.col("unstable"))[column].max()
-    unstable_min = fitted.filter(pl.col("unstable"))[column].min()
-    separable = stable_max is not None and unstable_min is not None and unstable_min > stable_max
-    threshold = math.sqrt(stable_max * unstable_min) if separable else None
+    stable_max, unstable_min, _ = instability.separating(fitted, column)
+    threshold = instability.threshold(fitted, column)
     rows = []
     for lr in sorted(r["member.lr"].unique().to_list()):
         part = table.at_lr(r, lr)
         pts = part.filter(pl.col("n_params").is_in(fit_n)).sort("n_params")
         fit = fit_log(pts["n_params"].to_list(), pts[column].to_list(), degree)
-        pred, lo, hi = predict(fit, held)
+        b = instability.interval(fit, held)
+        pred, lo, hi = b["value"], b["low"], b["high"]
         meas = part.filter(pl.col("n_params") == held)
         rows.append({"lr": lr, "predicted": pred, "low": lo, "high": hi,
                      "measured": meas[column].item() if meas.height else None,
@@ -273,7 +268,7 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int | None = None, degree
 
 
 @check
-def prediction(results: pl.DataFrame, fit_sizes: int | None = None, degree: int = 1, factor: float = 3.0, margin: float = 0.1,
+def prediction(results: pl.DataFrame, fit_sizes: int | None = None, degree: int = 1, factor: float = 3.0, margin: float = instability.MARGIN,
                axis: str = "model.qk_layernorm", value: Any = "off", reference: Any = "head") -> tuple[bool, str]:
     """Fig 9: the extrapolated logit is within ``factor`` of the measured one at most LRs, and the threshold
     (calibrated on the fitted sizes) predicts which held-out runs are unstable, at every LR."""

@@ -13,6 +13,26 @@ import numpy as np
 import polars as pl
 import torch
 
+from .device import logit_chunk
+
+
+@torch.no_grad()
+def max_attention_logit(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The max pre-softmax attention logit of each sequence over heads and causal positions (paper §3.1.1).
+    q, k [N, H, T, Dh] (after any q/k norm and RoPE) -> [N]. The one place it is computed: the proxy model and the
+    monitor of a user's model both call it. A fused attention kernel never shows its logits, so this is a second
+    QKᵀ on logged steps only, in chunks of sequences (``device.logit_chunk``) so the [chunk, H, T, T] logits stay
+    small; float32, so a logit near divergence is exact."""
+    n, h, t, _ = q.shape
+    bias = torch.full((t, t), float("-inf"), device=q.device).triu(1)  # [T, T]: -inf above the diagonal
+    chunk = max(1, min(n, logit_chunk(q.device, h * t * t)))
+    maxima = []
+    for i in range(0, n, chunk):
+        logits = torch.matmul(q[i:i + chunk].float(), k[i:i + chunk].float().transpose(-1, -2))  # float32: exact
+        logits.mul_(scale).add_(bias)  # in place
+        maxima.append(logits.flatten(1).amax(dim=1))
+    return torch.cat(maxima)
+
 
 class MetricsLog:
     """Collects per-step columns as float arrays [K]; rows become a polars frame at the end."""

@@ -16,8 +16,8 @@ prediction interval (parameter covariance plus residual scatter, Student's t in 
 - **divergence LR and LR sensitivity** (§3): the LR at which a size turns unstable (its loss crossing best +
   ``margin``, interpolated in log LR between grid points), fitted against N.
 
-A run is *unstable* when it diverged or its final loss is worse than the best loss of its size by more than
-``margin`` nats. A forecast that cannot be made (fewer than three sizes with a value, a trend that does not fit)
+What makes a run *unstable*, the calibrated threshold, the 80% interval and the constants are ``instability``'s
+(without a reference run: diverged, or above its size's best LR a loss worse than that best by ``MARGIN``). A forecast that cannot be made (fewer than three sizes with a value, a trend that does not fit)
 says so instead of printing a number. ``backtest`` holds out the ladder's largest size and scores the forecast.
 """
 
@@ -34,35 +34,16 @@ from . import store, sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
 from .config import ConfigError, GroupConfig
 from .experiments import FORECAST_LADDERS
+from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, threshold, unstable
 from .model import count_params
 from .plan import vocab_size
 
-T80 = (3.0777, 1.8856, 1.6377, 1.5332, 1.4759, 1.4398, 1.4149, 1.3968, 1.3830, 1.3722, 1.3634, 1.3562, 1.3502,
-       1.3450, 1.3406, 1.3368, 1.3334, 1.3304, 1.3277, 1.3253, 1.3232, 1.3212, 1.3195, 1.3178, 1.3163, 1.3150,
-       1.3137, 1.3125, 1.3114, 1.3104)
-"""The 0.9 quantile of Student's t with 1..30 degrees of freedom: the half-width, in standard errors, of the
-forecast's two-sided 80% prediction interval. A ladder leaves few degrees of freedom (3 sizes and a power law: 1),
-where the normal's 1.2816 would claim a band 2.4x too narrow."""
-PAPER_LOGIT_THRESHOLD = 1e4
-"""Paper §3.5: every run whose extrapolated layer-0 logit exceeded 1e4 diverged."""
-EPS_FACTOR = 10.0
-"""An update collapses once the gradient RMS is within this factor of AdamW's ε (paper §3.4, Fig 11)."""
-MARGIN = 0.1
-"""Nats above the best loss of its size that make a run *unstable* (degraded)."""
 LADDERS = FORECAST_LADDERS
 """The ladder a scale forecasts from (scales.yaml's ``ladder``, via the experiments catalogue)."""
 MODEL_INTERVENTIONS = ("qk_layernorm", "norm", "attn_scale", "mup", "zero_init_queries", "kappa", "attention",
                        "tied_embeddings", "rope_base")
 OPTIM_INTERVENTIONS = ("weight_decay", "independent_weight_decay", "eps", "beta1", "beta2", "z_loss", "clip",
                        "rms_scaled_lr", "min_lr")
-
-
-def t80(df: int) -> float:
-    """Student's t 0.9 quantile (``T80``); beyond 30 degrees of freedom the table's last value (within 2.2% of the
-    normal's 1.2816, on the wide side)."""
-    if df < 1:
-        raise ValueError(f"a prediction interval needs at least 1 degree of freedom, got {df}")
-    return T80[min(df, len(T80)) - 1]
 
 
 def load_target(path: str) -> GroupConfig:
@@ -102,22 +83,6 @@ def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | N
 
 # ---- fits ----------------------------------------------------------------------------------------------------------
 
-def band(fit: dict[str, Any], n: float) -> dict[str, float] | None:
-    """The fit at ``n`` with its 80% prediction interval (ordinary least squares in log space: parameter covariance
-    plus residual variance, Student's t with the fit's degrees of freedom), or None when the fit has no uncertainty
-    estimate."""
-    import numpy as np
-
-    lx = math.log10(n)
-    basis = np.array([lx**p for p in range(fit["degree"], -1, -1)])
-    mean = float(np.polyval(fit["coef"], lx))
-    var = float(basis @ np.asarray(fit["cov"]) @ basis) + fit["sigma"] ** 2
-    if not math.isfinite(var):
-        return None
-    half = t80(fit["n"] - fit["degree"] - 1) * math.sqrt(var)
-    return {"value": 10**mean, "low": 10 ** (mean - half), "high": 10 ** (mean + half)}
-
-
 def trend(points: list[tuple[float, float]], n: float) -> dict[str, Any]:
     """Power-law fit of |value| against N through ``points`` [(N, value)], forecast at ``n``; or why not."""
     good = [(x, abs(y)) for x, y in points if y is not None and math.isfinite(y) and y != 0]
@@ -125,33 +90,11 @@ def trend(points: list[tuple[float, float]], n: float) -> dict[str, Any]:
         return {"ok": False, "why": f"{len(good)} sizes with a value; a trend with an interval needs 3",
                 "points": good}
     fit = fit_log([x for x, _ in good], [y for _, y in good], 1)
-    b = band(fit, n)
-    if b is None:
+    b = interval(fit, n)
+    if not math.isfinite(b["low"]):
         return {"ok": False, "why": "the fit has no residual to estimate an interval from", "points": good}
     sign = -1.0 if sum(1 for _, y in points if y is not None and y < 0) > len(good) / 2 else 1.0
     return {"ok": True, "fit": fit, "slope": fit["coef"][0], "sign": sign, "points": good, **b}
-
-
-def unstable(results: pl.DataFrame, margin: float = MARGIN) -> pl.DataFrame:
-    """Rows with an ``unstable`` flag: diverged, or, above its size's best LR, a final loss worse than that size's
-    best by more than ``margin`` (below the best LR a worse loss is undertraining, not instability)."""
-    finite = results.with_columns(pl.col("final_eval_loss").fill_nan(None).alias("_loss"))
-    best = finite.sort("_loss", nulls_last=True).group_by("label.size").agg(
-        pl.col("_loss").first().alias("_best"), pl.col("member.lr").first().alias("_best_lr"))
-    return finite.join(best, on="label.size").with_columns(
-        (pl.col("diverged") | ((pl.col("member.lr") > pl.col("_best_lr"))
-                               & (pl.col("_loss").fill_null(1e9) > pl.col("_best") + margin))).alias("unstable")
-    ).drop("_best", "_best_lr", "_loss")
-
-
-def threshold(rows: pl.DataFrame, column: str, absolute: bool = False) -> float | None:
-    """Between the largest |value| of a stable run and the smallest of an unstable one, when they separate."""
-    values = rows.with_columns((pl.col(column).abs() if absolute else pl.col(column)).alias("_v"))
-    stable_max = values.filter(~pl.col("unstable"))["_v"].max()
-    unstable_min = values.filter(pl.col("unstable"))["_v"].min()
-    if stable_max is None or unstable_min is None or unstable_min <= stable_max or stable_max <= 0:
-        return None
-    return math.sqrt(stable_max * unstable_min)
 
 
 def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[float, float]]:
@@ -282,9 +225,9 @@ def _eps_verdict(t: dict[str, Any], eps: float) -> dict[str, Any]:
     cause = "update collapse from ε"
     if not t["ok"]:
         return _cannot(cause, t)
-    limit = EPS_FACTOR * eps
+    limit = EPS_FACTOR * eps  # instability.collapses: below this the update shrinks
     level = _level(t["value"], t["low"], t["high"], limit, above=False)
-    detail = f"first MLP layer's gradient RMS {_fmt(t)} against 10·ε = {limit:.3g}"
+    detail = f"first MLP layer's gradient RMS {_fmt(t)} against {EPS_FACTOR:g}·ε = {limit:.3g}"
     if level != "unlikely":
         detail += f"; suggested: ε ≤ {t['low'] / 100:.1g}"
     return _verdict(cause, t, level, limit, detail)

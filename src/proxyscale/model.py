@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .device import logit_chunk
+from .diagnostics import max_attention_logit
 
 NORM_EPS = 1e-6  # paper §3.1: LayerNorm epsilon 1e-6
 TRUNC_STD_FACTOR = 0.8796256610342398  # std of a N(0,1) truncated at ±2; divide by it for the effective std
@@ -153,12 +153,6 @@ class ProxyGPT:
         self.cos, self.sin = rope_tables(seq_len, self.head_dim, cfg.rope_base, device)
         self.checkpoint_blocks = checkpoint_blocks  # activation checkpointing (train.activation_checkpointing)
 
-    def _causal_bias(self, t: int, device: torch.device) -> torch.Tensor:
-        """[T, T] float32: 0 on and below the diagonal, -inf above (cached)."""
-        if getattr(self, "_bias", None) is None or self._bias.shape[0] != t:
-            self._bias = torch.full((t, t), float("-inf"), device=device).triu(1)
-        return self._bias
-
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v [K·B, H, T, Dh] -> [K·B, H, T, Dh], causal."""
         if self.cfg.attention == "softmax":
@@ -172,19 +166,9 @@ class ProxyGPT:
 
     @torch.no_grad()
     def _attention_stats(self, q: torch.Tensor, k: torch.Tensor, members: int) -> tuple[torch.Tensor, ...]:
-        """Max pre-softmax logit over heads, causal positions and batch; mean q/k norms; each [K].
-        q, k [K·B, H, T, Dh]. The fused attention kernel never shows its logits, so this is a second QKᵀ on
-        logged steps only, in chunks of sequences (``device.logit_chunk``) so the [chunk, H, T, T] logits stay
-        small."""
-        n, h, t, _ = q.shape
-        bias = self._causal_bias(t, q.device)
-        chunk = max(1, min(n, logit_chunk(q.device, h * t * t)))
-        maxima = []
-        for i in range(0, n, chunk):
-            logits = torch.matmul(q[i:i + chunk].float(), k[i:i + chunk].float().transpose(-1, -2))  # float32: exact
-            logits.mul_(self.scale).add_(bias)  # in place: -inf above the diagonal
-            maxima.append(logits.flatten(1).amax(dim=1))  # per sequence
-        return (torch.cat(maxima).view(members, -1).amax(dim=1),
+        """Max pre-softmax logit over heads, causal positions and batch (``diagnostics.max_attention_logit``);
+        mean q/k norms; each [K]. q, k [K·B, H, T, Dh]."""
+        return (max_attention_logit(q, k, self.scale).view(members, -1).amax(dim=1),
                 torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1),
                 torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).view(members, -1).mean(dim=1))
 

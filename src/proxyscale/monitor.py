@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from . import store
-from .diagnostics import MetricsLog
+from .instability import EPS_FACTOR, LOGIT_WATCH_FRACTION, PAPER_LOGIT_THRESHOLD, collapses
+from .diagnostics import MetricsLog, max_attention_logit
 
 
 class TrainingStopped(RuntimeError):
@@ -61,6 +62,12 @@ class Alarm:
     cause: str
     message: str
     value: float
+    severity: float = 1.0  # larger is worse (the logit; |drift|; 10·ε / gradient RMS; loss / median): when to speak
+
+
+WORSENS = 2.0
+"""An alarm speaks the first time its cause fires and again only once its severity has grown by this factor since
+it last spoke (a GPT-2 at LR 0.3 would otherwise print the same alarm on every recorded step)."""
 
 
 @dataclass
@@ -80,15 +87,14 @@ class Monitor:
                  qk: dict[str, tuple[nn.Module, nn.Module]] | None, qk_weights: dict[str, tuple[torch.Tensor,
                  torch.Tensor]] | None, heads: int | None, logit_threshold: float, log_z_drift: float,
                  spike_factor: float, on_alarm: str, forecast: str | Path | None) -> None:
-        if every < 1:
-            raise ValueError(f"every: must be >= 1, got {every}")
-        if on_alarm not in ("warn", "stop", "skip"):
-            raise ValueError(f"on_alarm: got {on_alarm!r}; valid: warn, stop, skip")
+        validate(every, on_alarm)
         self.model, self.optimizer, self.every, self.out = model, optimizer, every, Path(out)
         self.logit_threshold, self.log_z_drift, self.spike_factor = logit_threshold, log_z_drift, spike_factor
         self.on_alarm = on_alarm
         self.log = MetricsLog(1)
-        self.alarms: list[Alarm] = []
+        self.alarms: list[Alarm] = []  # the alarms spoken (``WORSENS``), in order
+        self.spoken: dict[str, float] = {}  # cause -> severity when it last spoke
+        self.firings: dict[str, int] = {}  # cause -> recorded steps on which it held (spoken or not)
         self.step_index = 0
         self.handles: list[Any] = []
         self.probes: list[_Probe] = []
@@ -98,6 +104,9 @@ class Monitor:
         self.losses: list[float] = []
         self.first_log_z: float | None = None
         self.last_logit: float | None = None
+        self.closed = False
+        self.training_only = False  # ``capture_outputs`` sets it: ignore evaluation forwards
+        self.captured: dict[str, torch.Tensor] = {}  # loss / logits from ``capture_outputs``' hooks
         self.kind = self._find_attention(qk, heads)
         self.qk_weights = qk_weights or {}
         self._find_blocks()
@@ -110,8 +119,40 @@ class Monitor:
         self.out.mkdir(parents=True, exist_ok=True)
 
     # ---- finding the attention ------------------------------------------------------------------------------------
-    def _recording(self) -> bool:
-        return self.step_index % self.every == 0
+    def recording(self) -> bool:
+        """Whether the current step is one the monitor records (every ``every``-th; training forwards only once
+        ``capture_outputs`` is on)."""
+        # in a framework's loop (``integrations``) its evaluation forwards must not overwrite the training step's
+        return self.step_index % self.every == 0 and (self.model.training or not self.training_only)
+
+    def capture_outputs(self) -> None:
+        """For loops the monitor cannot see into (Hugging Face ``Trainer``, Lightning): take the loss and the output
+        logits of each recorded step from forward hooks, so ``step()`` needs no arguments; evaluation forwards
+        (``model.eval()``) are ignored. The loss is the ``loss`` of the model's output (a ``transformers`` model
+        given labels); the logits are the output of the output layer (``get_output_embeddings()``, else a module
+        named ``lm_head``), else the model's own output (a tensor, or one with ``.logits``)."""
+        self.training_only = True
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        head = head or next((m for n, m in self.model.named_modules() if n.split(".")[-1] == "lm_head"), None)
+
+        def top(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if not self.recording():
+                return
+            loss = getattr(out, "loss", None) if not isinstance(out, dict) else out.get("loss")
+            if isinstance(loss, torch.Tensor):
+                self.captured["loss"] = loss.detach()
+            if head is None:
+                z = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+                if isinstance(z, torch.Tensor):
+                    self.captured["logits"] = z.detach()
+
+        def output_layer(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            if self.recording():
+                self.captured["logits"] = out.detach()
+
+        self.handles.append(self.model.register_forward_hook(top))
+        if head is not None:
+            self.handles.append(head.register_forward_hook(output_layer))
 
     def _find_attention(self, qk: dict[str, tuple[nn.Module, nn.Module]] | None, heads: int | None) -> str:
         if qk:
@@ -147,7 +188,7 @@ class Monitor:
         probe = _Probe(len(self.probes), "fused", scale)
 
         def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            if not self._recording():
+            if not self.recording():
                 return
             q, k = out.detach()[..., :width], out.detach()[..., width:2 * width]
             probe.q, probe.k = _heads(q, heads), _heads(k, heads)
@@ -164,12 +205,12 @@ class Monitor:
 
         def capture(slot: str) -> Callable:
             def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-                if self._recording():
+                if self.recording():
                     probe.extra[slot] = _heads(out.detach(), out.shape[-1] // head_dim)
             return hook
 
         def done(_mod: nn.Module, _args: Any, kwargs: dict[str, Any], _out: Any) -> None:
-            if not self._recording() or "q" not in probe.extra:
+            if not self.recording() or "q" not in probe.extra:
                 return
             q, k = probe.extra.pop("q"), probe.extra.pop("k")
             pos = kwargs.get("position_embeddings")
@@ -187,7 +228,7 @@ class Monitor:
 
     def _store(self, probe: _Probe, slot: str, heads: int) -> Callable:
         def hook(_mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            if not self._recording():
+            if not self.recording():
                 return
             setattr(probe, slot, _heads(out.detach(), heads))
             if probe.q is not None and probe.k is not None:
@@ -206,30 +247,34 @@ class Monitor:
 
     def _block_hook(self, i: int) -> Callable:
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-            if self._recording():
+            if self.recording():
                 x = out[0] if isinstance(out, (tuple, list)) else out
                 self.block_rms[i] = x.detach().float().pow(2).mean().sqrt()
         return hook
+
+    def capture(self, loss: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> None:
+        """Hand the monitor this step's loss or logits ahead of ``step()`` (a framework callback that sees them)."""
+        if self.recording():
+            self.captured.update({k: v.detach() for k, v in (("loss", loss), ("logits", logits)) if v is not None})
 
     # ---- measuring ------------------------------------------------------------------------------------------------
     def _record_attention(self, probe: _Probe) -> None:
         q, k = probe.q, probe.k
         assert q is not None and k is not None
-        t = q.shape[-2]
-        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-        best = None
-        for i in range(q.shape[0]):  # one sequence at a time: [H, T, T] stays small
-            logits = (q[i].float() @ k[i].float().transpose(-1, -2)) * probe.scale  # float32: exact
-            m = logits.masked_fill(causal, float("-inf")).amax()
-            best = m if best is None else torch.maximum(best, m)
+        best = max_attention_logit(q, k, probe.scale).amax()
         probe.extra["stats"] = (best, torch.linalg.vector_norm(q.float(), dim=-1).mean(),
                                 torch.linalg.vector_norm(k.float(), dim=-1).mean())
         probe.q = probe.k = None
 
-    def step(self, loss: torch.Tensor, logits: torch.Tensor | None = None) -> bool:
+    def step(self, loss: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> bool:
         """Call after ``backward()`` and before ``optimizer.step()`` (and before clipping, to see the raw gradient
-        norm). Returns False only when ``on_alarm="skip"`` and an alarm fired this step."""
-        recording = self._recording()
+        norm). Returns False only when ``on_alarm="skip"`` and an alarm fired this step: the caller skips the
+        update (and the monitor records no update RMS for it). Without ``loss``/``logits``, those
+        ``capture_outputs`` took from the step's forward."""
+        recording = self.recording()
+        loss = loss if loss is not None else self.captured.pop("loss", None)
+        logits = logits if logits is not None else self.captured.pop("logits", None)
+        self.captured = {}
         fired: list[Alarm] = []
         if recording:
             cols = self._measure(loss, logits)
@@ -238,16 +283,25 @@ class Monitor:
             self._snapshot()
         self.step_index += 1
         for alarm in fired:
+            self.firings[alarm.cause] = self.firings.get(alarm.cause, 0) + 1
+            last = self.spoken.get(alarm.cause)
+            if last is not None and not alarm.severity >= WORSENS * last:
+                continue  # spoken already, and no worse: the record has it
+            self.spoken[alarm.cause] = alarm.severity
             self.alarms.append(alarm)
-            print(f"proxyscale monitor: step {alarm.step}: {alarm.message}", file=sys.stderr, flush=True)
+            again = " (worse)" if last is not None else ""
+            print(f"proxyscale monitor: step {alarm.step}{again}: {alarm.message}", file=sys.stderr, flush=True)
             if self.on_alarm == "stop":
                 self.close()
                 raise TrainingStopped(alarm)
-        return not (fired and self.on_alarm == "skip")
+        if fired and self.on_alarm == "skip":
+            self.snapshot = None  # no update follows: nothing to measure after it
+            return False
+        return True
 
     @torch.no_grad()
-    def _measure(self, loss: torch.Tensor, logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        cols: dict[str, Any] = {"loss": loss.detach().float()}
+    def _measure(self, loss: torch.Tensor | None, logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        cols: dict[str, Any] = {} if loss is None else {"loss": torch.as_tensor(loss).detach().float()}
         for probe in self.probes:
             if "stats" in probe.extra:
                 m, qn, kn = probe.extra.pop("stats")
@@ -310,14 +364,15 @@ class Monitor:
         if logits:
             top = max(logits)
             rising = self.last_logit is not None and top > self.last_logit
-            if top >= self.logit_threshold or (top >= 0.1 * self.logit_threshold and rising):
+            if top >= self.logit_threshold or (top >= LOGIT_WATCH_FRACTION * self.logit_threshold and rising):
                 out.append(Alarm(s, "attention-logit growth", f"attention logits growing toward the divergence "
                                  f"threshold: max {top:.3g} (threshold {self.logit_threshold:.3g}; paper §3.1.1); "
-                                 "use qk-layernorm, or lower the LR", top))
+                                 "use qk-layernorm, or lower the LR", top, top))
             if self.forecast_high is not None and host.get("attn_logit_max/0", 0.0) > self.forecast_high:
                 out.append(Alarm(s, "left the forecast", f"layer-0 attention logit {host['attn_logit_max/0']:.3g} is "
                                  f"above the forecast's 80% band (≤ {self.forecast_high:.3g}); the run is less stable "
-                                 "than its proxies predicted", host["attn_logit_max/0"]))
+                                 "than its proxies predicted", host["attn_logit_max/0"],
+                                 host["attn_logit_max/0"] / self.forecast_high))
             self.last_logit = top
         if "log_z_mean" in host:
             if self.first_log_z is None:
@@ -326,24 +381,25 @@ class Monitor:
             if abs(drift) >= self.log_z_drift:
                 out.append(Alarm(s, "output-logit divergence", f"log Z drifted {drift:+.3g} nats since the first "
                                  f"record (alarm at ±{self.log_z_drift:g}; paper §3.1.2); add z-loss 1e-4 (or weight "
-                                 "decay)", drift))
+                                 "decay)", drift, abs(drift)))
         eps = self._eps()
         n = sum(p.numel() for p in self.names if p.grad is not None)
         if eps and "grad_norm" in host and n:
             rms = host["grad_norm"] / math.sqrt(n)
-            if rms < 10 * eps:
-                out.append(Alarm(s, "update collapse from ε", f"gradient RMS {rms:.3g} is within 10x of AdamW's "
-                                 f"ε = {eps:g} (paper §3.4): updates shrink; lower ε (e.g. 1e-15)", rms))
+            if collapses(rms, eps):
+                out.append(Alarm(s, "update collapse from ε", f"gradient RMS {rms:.3g} is within {EPS_FACTOR:g}x of "
+                                 f"AdamW's ε = {eps:g} (paper §3.4): updates shrink; lower ε (e.g. 1e-15)", rms,
+                                 EPS_FACTOR * eps / max(rms, 1e-300)))
         loss = host.get("loss")
         if loss is not None and math.isfinite(loss):
             recent = sorted(self.losses[-20:])
             if len(recent) >= 5 and loss > self.spike_factor * recent[len(recent) // 2]:
                 out.append(Alarm(s, "loss spike", f"loss {loss:.4g} is {loss / recent[len(recent) // 2]:.2g}x the "
                                  "recent median; lower the LR or lengthen the warm-up (and see the logit and log Z "
-                                 "alarms for the cause)", loss))
+                                 "alarms for the cause)", loss, loss / recent[len(recent) // 2]))
             self.losses.append(loss)
         elif loss is not None:
-            out.append(Alarm(s, "loss spike", "the loss is not finite; lower the LR", loss))
+            out.append(Alarm(s, "loss spike", "the loss is not finite; lower the LR", loss, 1e300))
         return out
 
     def _eps(self) -> float | None:
@@ -354,7 +410,11 @@ class Monitor:
 
     # ---- output ---------------------------------------------------------------------------------------------------
     def close(self) -> Path:
-        """Remove the hooks; write DIR/metrics.parquet, DIR/alarms.json and DIR/monitor.json (atomically)."""
+        """Remove the hooks; write DIR/metrics.parquet, DIR/alarms.json and DIR/monitor.json (atomically). A second
+        call (a framework's end after a stop) writes nothing new."""
+        if self.closed:
+            return self.out / "metrics.parquet"
+        self.closed = True
         for handle in self.handles:
             handle.remove()
         self.handles = []
@@ -363,8 +423,27 @@ class Monitor:
         store.write_json(self.out / "monitor.json", {"model": type(self.model).__name__, "attention": self.kind,
                                                      "update_rms": self.update_source,
                                                      "layers": len(self.probes), "every": self.every,
-                                                     "steps": self.step_index, "alarms": len(self.alarms)})
+                                                     "steps": self.step_index, "alarms": len(self.alarms),
+                                                     "firings": self.firings})
         return self.out / "metrics.parquet"
+
+
+def validate(every: int, on_alarm: str) -> None:
+    """The options ``attach`` checks before it touches the model."""
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"every: must be an integer >= 1, got {every!r}")
+    if on_alarm not in ("warn", "stop", "skip"):
+        raise ValueError(f"on_alarm: got {on_alarm!r}; valid: warn, stop, skip")
+
+
+def __getattr__(name: str) -> Any:
+    """``monitor.trainer_callback`` and ``monitor.lightning_callback`` live in ``integrations`` (imported on use, so
+    the monitor never imports a framework it is not asked for)."""
+    if name in ("trainer_callback", "lightning_callback"):
+        from . import integrations
+
+        return getattr(integrations, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def adam_direction(state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor | None:
@@ -400,7 +479,7 @@ def _forecast_high(path: str | Path) -> float | None:
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, every: int = 10,
            out: str | Path = "runs/monitor", qk: dict[str, tuple[nn.Module, nn.Module]] | None = None,
            qk_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, heads: int | None = None,
-           logit_threshold: float = 1e4, log_z_drift: float = 10.0, spike_factor: float = 2.0,
+           logit_threshold: float = PAPER_LOGIT_THRESHOLD, log_z_drift: float = 10.0, spike_factor: float = 2.0,
            on_alarm: str = "warn", forecast: str | Path | None = None) -> Monitor:
     """Attach the monitor to ``model`` (and ``optimizer``, for update RMS and ε); see the module docstring."""
     return Monitor(model, optimizer, every, Path(out), qk, qk_weights, heads, logit_threshold, log_z_drift,

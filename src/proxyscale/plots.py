@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
-from . import store, table  # noqa: E402
+from . import instability, store, table  # noqa: E402
 from .analysis import sensitivity_frame  # noqa: E402
 from .config import ConfigError, check_call  # noqa: E402
 from .table import col  # noqa: E402
@@ -244,12 +244,11 @@ def metric_vs(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path 
 
 @figure
 def prediction(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
-               fit_sizes: int | None = None, degree: int = 1, margin: float = 0.1) -> list[Path]:
+               fit_sizes: int | None = None, degree: int = 1, margin: float = instability.MARGIN) -> list[Path]:
     """Fig 9: max attention logit at a fixed step against N per LR; fit on the small sizes (lines), the
-    extrapolation to the held-out size (open marker with its ±1σ band) and the measured value there (filled)."""
+    extrapolation to the held-out size (open marker with its 80% interval) and the measured value there (filled)."""
     import numpy as np
 
-    from .analysis import predict
     from .claims import prediction_table
 
     t = prediction_table(results, fit_sizes, degree, margin=margin)
@@ -261,7 +260,7 @@ def prediction(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
         c = cmap(i / max(1, len(t["rows"]) - 1))
         part = table.at_lr(r, row["lr"]).sort("n_params")
         ax.plot(part["n_params"], part["attn_logit_max/0@step"], "o", color=c, ms=4)
-        ax.plot(xs, [predict(row["fit"], x)[0] for x in xs], "-", color=c, lw=1, label=f"LR {row['lr']:g}")
+        ax.plot(xs, [instability.interval(row["fit"], x)["value"] for x in xs], "-", color=c, lw=1, label=f"LR {row['lr']:g}")
         ax.errorbar([t["held_out_n"]], [row["predicted"]], yerr=[[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]]
                     if row["low"] == row["low"] else None, fmt="s", mfc="none", color=c, ms=7)
     if t["threshold"]:
@@ -277,15 +276,14 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
     fit extended to the target's N, the forecast with its 80% interval, and the threshold it is judged against."""
     import numpy as np
 
-    from .analysis import predict
-
     n, lr = record["n_target"], record["lr"]
     at = f" at LR {lr:g}"
     panels = [("layer-0 max attention logit", at, record["trends"]["attn_logit_max/0"], record["logit_threshold"],
                "threshold"),
               ("|log Z|", at, record["trends"]["log_z_mean"], record["log_z_threshold"], "threshold"),
               ("gradient RMS, first MLP layer", at, record["trends"]["grad_rms/layers.0.w1"],
-               10 * record["target"]["eps"] if "target" in record else None, "10·ε"),
+               instability.EPS_FACTOR * record["target"]["eps"] if "target" in record else None,
+               f"{instability.EPS_FACTOR:g}·ε"),
               ("LR where the loss turns unstable", "", record["divergence_lr"], lr, "target LR")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, (label, where, t, limit, limit_name) in zip(axes[0], panels):
@@ -294,7 +292,7 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color="C0", label="ladder")
         if t.get("ok"):
             xs = np.geomspace(min(x for x, _ in pts), n, 40)
-            ax.plot(xs, [predict(t["fit"], x)[0] for x in xs], "-", color="C0", lw=1)
+            ax.plot(xs, [instability.interval(t["fit"], x)["value"] for x in xs], "-", color="C0", lw=1)
             ax.errorbar([n], [t["value"]], yerr=[[t["value"] - t["low"]], [t["high"] - t["value"]]], fmt="s",
                         mfc="none", color="C3", label="forecast (80%)")
         else:
