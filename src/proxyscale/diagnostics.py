@@ -47,7 +47,9 @@ class MetricsLog:
         k = self.members
         # one device-to-host copy for the whole step: stack every column into [C, K]
         device = next((v.device for v in cols.values() if isinstance(v, torch.Tensor)), None)
-        stacked = torch.stack([torch.as_tensor(v, device=device).detach().float().expand(k) for v in cols.values()]).cpu()
+        with torch.no_grad():  # a few hundred tiny columns per step in a monitored loop: no per-column detach
+            stacked = torch.stack([(v if isinstance(v, torch.Tensor) else torch.as_tensor(v, device=device))
+                                   .float().expand(k) for v in cols.values()]).cpu()
         out = dict(zip(cols, stacked.numpy().astype(np.float64)))
         if self.rows and self.rows[-1][0] == step:  # e.g. the evaluation of a step already logged
             self.rows[-1][1].update(out)

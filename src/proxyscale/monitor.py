@@ -320,8 +320,9 @@ class Monitor:
             cols["grad_norm"] = torch.linalg.vector_norm(torch.stack(norms))
             for (name, g), norm in zip(grads, norms):
                 cols[f"grad_rms/{name}"] = norm / math.sqrt(g.numel())
-        for p, name in self.names.items():
-            cols[f"param_rms/{name}"] = p.detach().float().pow(2).mean().sqrt()
+        params = list(self.names)
+        for (p, name), norm in zip(self.names.items(), torch._foreach_norm([p.detach().float() for p in params])):
+            cols[f"param_rms/{name}"] = norm / p.numel() ** 0.5
         for i, rms in self.block_rms.items():
             cols[f"block_rms/{i}"] = rms
         self.block_rms = {}
@@ -338,19 +339,22 @@ class Monitor:
         if self.snapshot is None or self.optimizer is None:
             return
         groups = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
-        cols = {}
+        cols: dict[str, torch.Tensor] = {}
+        adam: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for p, name in self.names.items():
             if name not in self.snapshot:
                 continue
             group, state = groups.get(id(p), {}), self.optimizer.state.get(p, {})
-            direction = adam_direction(state, group)
-            if direction is not None:
-                cols[f"update_rms/{name}"] = direction.pow(2).mean().sqrt()
-                self.update_source = "Adam direction m̂/(√v̂ + ε)"
+            if has_adam_moments(state, group):
+                adam.append((name, state, group))
             elif self.snapshot[name] is not None:
                 delta = (p.detach().float() - self.snapshot[name].float()).pow(2).mean().sqrt()
                 cols[f"update_rms/{name}"] = delta / (float(group.get("lr", 0.0)) or 1.0)
                 self.update_source = "RMS(Δθ)/LR, weight decay included"
+        if adam:
+            rms = adam_direction_rms([state for _, state, _ in adam], [group for _, _, group in adam])
+            cols.update({f"update_rms/{name}": r for (name, _, _), r in zip(adam, rms)})
+            self.update_source = "Adam direction m̂/(√v̂ + ε)"
         self.snapshot = None
         if cols:
             self.log.add(self.step_index - 1, cols)
@@ -446,19 +450,29 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def adam_direction(state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor | None:
-    """The Adam direction m̂/(√v̂ + ε) of the step just taken, from ``torch.optim.Adam``/``AdamW``-style state (the
-    update divided by the LR, weight decay apart: paper §3.4's update RMS); None without Adam moments. float32: the
-    moments may be kept in bf16, and v̂ of a gradient near ε underflows there."""
-    if not {"exp_avg", "exp_avg_sq", "step"} <= state.keys() or "betas" not in group or "eps" not in group:
-        return None
-    beta1, beta2 = (float(b) for b in group["betas"])
-    t = float(state["step"])
-    if t < 1:
-        return None
-    v = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
-    m_hat = state["exp_avg"].detach().float() / (1 - beta1**t)
-    return m_hat / ((v.detach().float() / (1 - beta2**t)).sqrt() + float(group["eps"]))
+def has_adam_moments(state: dict[str, Any], group: dict[str, Any]) -> bool:
+    """Whether ``state`` is ``torch.optim.Adam``/``AdamW``-style state after at least one step."""
+    return ({"exp_avg", "exp_avg_sq", "step"} <= state.keys() and "betas" in group and "eps" in group
+            and float(state["step"]) >= 1)
+
+
+def adam_direction_rms(states: list[dict[str, Any]], groups: list[dict[str, Any]]) -> list[torch.Tensor]:
+    """The RMS of the Adam direction m̂/(√v̂ + ε) of the step just taken, per tensor, from ``torch.optim.Adam``/
+    ``AdamW``-style states (each with moments: ``has_adam_moments``): the update divided by the LR, weight decay
+    apart (paper §3.4's update RMS). float32: the moments may be kept in bf16, and v̂ of a gradient near ε underflows
+    there. All tensors at once (``torch._foreach_*``): a handful of kernels rather than a handful per tensor, which on
+    a small model was most of the monitor's cost."""
+    ms = [st["exp_avg"].detach().float() for st in states]
+    vs = [(st["max_exp_avg_sq"] if g.get("amsgrad") and "max_exp_avg_sq" in st else st["exp_avg_sq"]).detach().float()
+          for st, g in zip(states, groups)]
+    t = [float(st["step"]) for st in states]
+    bc1 = [1 - float(g["betas"][0]) ** s for g, s in zip(groups, t)]
+    bc2 = [1 - float(g["betas"][1]) ** s for g, s in zip(groups, t)]
+    denom = torch._foreach_sqrt(torch._foreach_div(vs, bc2))  # float32 (docstring)
+    torch._foreach_add_(denom, [float(g["eps"]) for g in groups])
+    direction = torch._foreach_div(torch._foreach_div(ms, bc1), denom)
+    norms = torch._foreach_norm(direction)
+    return [n / m.numel() ** 0.5 for n, m in zip(norms, ms)]
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
