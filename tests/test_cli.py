@@ -110,3 +110,29 @@ def test_bin_shards_and_vocab_check(tmp_path, make_raw, capsys):
 def test_other_precisions_run(tmp_path, make_raw, precision):
     cfg = write(tmp_path, make_raw(train={"steps": 2, "precision": precision}))
     assert main(["train", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+LIGHT = """
+import sys
+from proxyscale.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("heavy:", sorted(m for m in ("torch", "transformers", "lightning") if m in sys.modules))
+"""
+
+
+def test_light_commands_do_not_import_torch(tmp_path):
+    """``--help``, ``list`` and ``report`` (issue 15 §6) start in a fraction of a second: no torch."""
+    mon = tmp_path / "mon"
+    mon.mkdir()
+    pl.DataFrame({"step": [0, 1], "member": [0, 0], "loss": [5.0, 4.0], "attn_logit_max/0": [1.0, 2.0]}).write_parquet(
+        mon / "metrics.parquet")
+    (mon / "alarms.json").write_text("[]")
+    (mon / "monitor.json").write_text(json.dumps({"model": "GPT", "attention": "nanoGPT", "update_rms": None,
+                                                  "layers": 1, "every": 1, "steps": 2, "alarms": 0}))
+    for args in (["--help"], ["list"], ["report", str(mon)]):
+        out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, timeout=120)
+        assert "heavy: []" in out.stdout, (args, out.stdout[-500:], out.stderr[-500:])
+    assert (mon / "report.html").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from proxyscale import plots, reproduce, sweep
+from proxyscale import experiments, plots, reproduce, sweep
 from proxyscale.config import ConfigError
 
 KINDS = {"lr_vs_loss", "sensitivity_vs_n", "over_steps", "metric_vs", "prediction", "loss_curves"}
@@ -59,9 +59,9 @@ def test_experiment_with_a_bad_figure_or_claim_fails_to_load(tmp_path, monkeypat
     import shutil
 
     for f in ("scales.yaml", "fig1.yaml"):
-        shutil.copy(reproduce.EXPERIMENTS / f, tmp_path / f)
-    monkeypatch.setattr(reproduce, "EXPERIMENTS", tmp_path)
-    monkeypatch.setattr(reproduce, "SCALES_FILE", tmp_path / "scales.yaml")
+        shutil.copy(experiments.FOLDER / f, tmp_path / f)
+    monkeypatch.setattr(experiments, "FOLDER", tmp_path)
+    monkeypatch.setattr(experiments, "SCALES_FILE", tmp_path / "scales.yaml")
     assert reproduce.load("fig1")["scales"]["micro"]["spec"]["members"]["lr"][0] == 3.0e-4  # the named grid
     text = (tmp_path / "fig1.yaml").read_text()
     (tmp_path / "fig1.yaml").write_text(text.replace("check: sensitivity_lower", "check: sensitivity_lowr"))

@@ -181,13 +181,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import reproduce
+    from . import experiments  # the catalogue only: listing imports no torch, validates nothing
 
     table = Table(title="experiments (proxyscale reproduce NAME)")
     for col in ("name", "title", "scales"):
         table.add_column(col, justify="left")
-    for name in reproduce.names():
-        exp = reproduce.load(name)
+    for name in experiments.names():
+        exp = experiments.read(name)
         table.add_row(name, exp["title"], ", ".join(exp["scales"]))
     console.print(table)
     return 0

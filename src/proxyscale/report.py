@@ -129,7 +129,7 @@ def build(root: Path) -> Path:
     """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``), or
     from a sweep directory's ``results.parquet``. Damaged records are set aside and named in the page."""
     root = Path(root)
-    from .reproduce import names
+    from .experiments import names
 
     order = {name: i for i, name in enumerate(names())}  # the paper's order, unknown names last
     records = sorted(root.glob("*/verdicts.json"), key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name))

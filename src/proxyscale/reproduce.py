@@ -15,23 +15,11 @@ from . import experiments as catalogue
 from . import loggers, plots, store, sweep, table
 from .config import ConfigError
 
-EXPERIMENTS = catalogue.FOLDER
-SCALES_FILE = catalogue.SCALES_FILE
 SCALES = catalogue.SCALES
 
 
-def names() -> list[str]:
-    """Experiment names in the paper's order: figures, then appendix items (E.*, C.*)."""
-    def key(name: str) -> tuple[int, int]:
-        prefix = 0 if name.startswith("fig") else 1 if name.startswith("e") else 2
-        return prefix, int("".join(ch for ch in name if ch.isdigit()) or 0)
-
-    return sorted((p.stem for p in EXPERIMENTS.glob("*.yaml") if p != SCALES_FILE), key=key)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+names = catalogue.names
+"""Experiment names in the paper's order (the catalogue's)."""
 
 
 def scales() -> dict[str, Any]:
@@ -54,10 +42,11 @@ def _named_grids(spec: dict[str, Any], grids: dict[str, list[float]], where: str
 def load(name: str) -> dict[str, Any]:
     """Experiment ``name`` with each scale's spec resolved (scales.yaml, then the file's ``spec``, then its
     ``scales.<scale>.spec``) and its figures and claims validated; ConfigError names the bad entry."""
-    path = EXPERIMENTS / f"{name}.yaml"
-    if not path.exists() or path == SCALES_FILE:
-        raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())} or all (see: proxyscale list)")
-    exp, shared = _read(path), scales()
+    try:
+        exp, shared = catalogue.read(name), scales()
+    except KeyError:
+        raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())} or all (see: proxyscale list)") \
+            from None
     resolved = {}
     for scale, body in exp["scales"].items():
         if scale not in shared["scales"]:

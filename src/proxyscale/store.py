@@ -30,9 +30,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 DONE = "DONE"
 CHECKPOINT = "checkpoint"
@@ -233,6 +235,8 @@ def save_checkpoint(out: Path, state: dict[str, Any]) -> None:
     ckpt = out / CHECKPOINT
     ckpt.mkdir(parents=True, exist_ok=True)
     with writing(ckpt / "state.new.pt") as tmp:
+        import torch  # here, not at the top (load_checkpoint)
+
         torch.save(state, tmp)
     if (ckpt / "state.pt").exists():
         os.replace(ckpt / "state.pt", ckpt / "state.prev.pt")
@@ -256,6 +260,8 @@ def checkpoint_step(out: Path) -> int | None:
 def load_checkpoint(out: Path, device: torch.device) -> dict[str, Any] | None:
     """The newest checkpoint that loads, or None. A damaged one is set aside with a warning and the one before it
     is tried (then a fresh start)."""
+    import torch  # here, not at the top: list, report and --help never import torch
+
     ckpt = out / CHECKPOINT
     # state.new.pt is left only by a writer that died between its last two renames: complete, and the newest
     for name in ("state.new.pt", "state.pt", "state.prev.pt"):

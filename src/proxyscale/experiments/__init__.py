@@ -13,6 +13,24 @@ FOLDER = Path(__file__).parent
 SCALES_FILE = FOLDER / "scales.yaml"
 
 
+def names() -> list[str]:
+    """Experiment names in the paper's order: figures, then appendix items (E.*, C.*)."""
+    def key(name: str) -> tuple[int, int]:
+        prefix = 0 if name.startswith("fig") else 1 if name.startswith("e") else 2
+        return prefix, int("".join(ch for ch in name if ch.isdigit()) or 0)
+
+    return sorted((p.stem for p in FOLDER.glob("*.yaml") if p != SCALES_FILE), key=key)
+
+
+def read(name: str) -> dict[str, Any]:
+    """Experiment ``name``'s file as written (``reproduce.load`` resolves and validates it); KeyError if unknown."""
+    path = FOLDER / f"{name}.yaml"
+    if not path.exists() or path == SCALES_FILE:
+        raise KeyError(name)
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
 def read_scales() -> dict[str, Any]:
     """scales.yaml: ``lr_grids`` (named LR grids) and ``scales`` (each scale's why, device, spec)."""
     with open(SCALES_FILE, encoding="utf-8") as f:
