@@ -39,6 +39,11 @@ def sweep(obj, *extra):
     return lambda d: ["sweep", yaml_file(d, obj), "--out", str(d / "out"), *extra]
 
 
+def dangling(d):
+    (d / "link").symlink_to(d / "gone")
+    return str(d / "link")
+
+
 def a_file(d, name="taken"):
     (d / name).write_text("not a directory")
     return str(d / name)
@@ -130,6 +135,27 @@ CASES = {
     "report on a file": (lambda d: ["report", a_file(d)], "is a file"),
     "report on an empty dir": (lambda d: ["report", str((d / "empty").mkdir() or d / "empty")], "no reproduced"),
     "unknown command": (lambda d: ["trian"], "invalid choice"),
+    # issue 15 §10: the holes a new user found
+    "axis on a member scalar": (sweep(spec(axes={"optim.lr": [0.01, 0.1]})),
+                                "axes.optim.lr: members.lr is listed"),
+    "axis on train.seed beside members.seed": (sweep(spec(axes={"train.seed": [0, 1]},
+                                                          members={"lr": [1e-3], "seed": [0, 1]})),
+                                               "axes.train.seed: members.seed is listed"),
+    "duplicate key": (lambda d: ["train", yaml_file(d, "model: {width: 32, width: 64}\n"), "--out", str(d / "out")],
+                      "key 'width' given twice"),
+    "duplicate section": (lambda d: ["sweep", yaml_file(d, "name: t\naxes: {model.qk_layernorm: [head]}\n"
+                                                           "axes: {model.width: [32]}\n"), "--out", str(d / "out")],
+                          "key 'axes' given twice in one mapping (line 3)"),
+    "out under a file": (lambda d: ["train", yaml_file(d, group()), "--out", a_file(d) + "/run"],
+                         "no directory can be made under it"),
+    "out a dangling symlink": (lambda d: ["train", yaml_file(d, group()), "--out", dangling(d)],
+                               "which does not exist"),
+    "out name too long": (lambda d: ["train", yaml_file(d, group()), "--out", str(d / ("x" * 300))],
+                          "over this filesystem's"),
+    "sweep out under a file": (lambda d: ["sweep", yaml_file(d, spec()), "--out", a_file(d) + "/s"],
+                               "no directory can be made under it"),
+    "ray address garbage": (sweep(spec(), "--executor", "ray", "--ray-address", "garbage"),
+                            "--ray-address 'garbage': not a Ray address"),
 }
 
 
@@ -153,6 +179,36 @@ def test_bad_input(name, tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert expected in err, err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "something was written"
+
+
+def test_out_on_a_read_only_filesystem_is_one_line(tmp_path, capsys, monkeypatch):
+    """A read-only place (a mounted dataset, /proc) cannot be faked without root-only mounts: statvfs is told so."""
+    import os
+
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, st):
+            self.st = st
+
+        def __getattr__(self, name):
+            return os.ST_RDONLY | self.st.f_flag if name == "f_flag" else getattr(self.st, name)
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real(p)))
+    assert main(train(group())(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "read-only filesystem" in err and not (tmp_path / "out").exists()
+
+
+def test_monitor_out_naming_a_file_is_one_error_and_leaves_the_model_alone(tmp_path):
+    import torch
+
+    from proxyscale import monitor, store
+
+    model = torch.nn.Linear(4, 4)
+    with pytest.raises(store.StoreError, match="monitor out=.*is a file"):
+        monitor.attach(model, None, out=a_file(tmp_path))
+    assert not model._forward_hooks
 
 
 def test_a_group_too_big_for_memory_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
@@ -186,3 +242,20 @@ def test_running_out_of_memory_mid_run_is_one_line_not_a_traceback(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ran out of memory on cpu at micro-batch 1" in err
     assert not (tmp_path / "out" / "DONE").exists() and not (tmp_path / "out" / "config.json").exists()
+
+
+def test_the_memory_plan_counts_the_metrics_log_on_a_cpu(tmp_path, capsys, monkeypatch):
+    """Reported: a 10,000-member group grew past 9.7 GB; the metrics log (members × logged steps × columns) was
+    not in the plan. A group whose state and log leave no room for one sequence is refused before it allocates."""
+    from proxyscale import config
+    from proxyscale.train import GroupRun
+
+    monkeypatch.setattr(device, "free_bytes", lambda dev: 800 << 20)
+    many = {"lr": [1e-3], "seed": list(range(400))}
+    argv = train(group(members=many, train={"steps": 3000, "log_every": 1, "eval_every": 1000}))(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "metrics log" in err and "train.log_every" in err, err
+    assert not (tmp_path / "out").exists()
+    rare = config.from_dict(group(members=many, train={"steps": 3000, "log_every": 1000, "eval_every": 1000}))
+    assert GroupRun(rare, tmp_path / "rare").micro_batch >= 1  # logged rarely, the same group fits

@@ -152,10 +152,6 @@ class OptimConfig:
 LOG_TO = ("tensorboard", "wandb")
 """The loggers ``train.log_to`` may name (see ``loggers``)."""
 
-MEMBER_SCALARS = ("lr", "weight_decay", "independent_weight_decay", "eps", "beta2", "z_loss", "warmup", "seed")
-"""Scalars that may differ between the K members of one group (DESIGN.md: the member axis)."""
-
-
 @dataclass(frozen=True)
 class Member:
     """The scalar hyperparameters of one member of a group."""
@@ -168,6 +164,22 @@ class Member:
     z_loss: float
     warmup: int
     seed: int
+
+
+MEMBER_SCALARS = tuple(f.name for f in dataclasses.fields(Member))
+"""Scalars that may differ between the K members of one group (DESIGN.md: the member axis): ``Member``'s fields."""
+
+
+def shadowed_by_members(key: str, members: Any) -> str | None:
+    """Why setting ``key`` (``optim.lr``, ``train.seed``) for the whole group would do nothing, when ``members``
+    (a raw ``members`` mapping) lists that scalar: every member's value comes from ``members``. None otherwise."""
+    section, _, name = key.strip().partition(".")
+    listed = members if isinstance(members, dict) else {}
+    if section == "optim" and name in listed and name in MEMBER_SCALARS:
+        return f"members.{name} is listed, which overrides optim.{name} for every member"
+    if section == "train" and name == "seed" and "seed" in listed:
+        return "members.seed is listed, which sets each member's init seed"
+    return None
 
 
 @dataclass(frozen=True)
@@ -433,13 +445,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class DuplicateKey(ValueError):
+    """A YAML mapping names one key twice (PyYAML would keep the last silently)."""
+
+
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in one mapping (``{width: 32, width: 64}``, two ``axes:``)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise DuplicateKey(f"key {key!r} given twice in one mapping (line {key_node.start_mark.line + 1});"
+                                       " give each key once")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path: str, what: str) -> Any:
     """Parse a YAML (or JSON) file; every way it can fail is a one-line ConfigError naming ``path``."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKey as err:
+        raise ConfigError(f"{path}: {err}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what}") from None
     except IsADirectoryError:
@@ -462,11 +498,8 @@ def load(path: str, overrides: list[str] | None = None) -> GroupConfig:
     raw = raw or {}
     for item in overrides or []:  # a scalar the file grids over under members would silently win over --set
         key = item.partition("=")[0].strip()
-        section, _, name = key.partition(".")
-        if section == "optim" and name in (raw.get("members") or {}):
-            raise ConfigError(f"--set {key}: the file lists members.{name}, which overrides optim.{name} for every "
-                              f"member; use --set members.{name}=[...] instead")
-        if section == "train" and name == "seed" and "seed" in (raw.get("members") or {}):
-            raise ConfigError("--set train.seed: the file lists members.seed, which sets each member's init seed; "
-                              "use --set members.seed=[...] instead")
+        why = shadowed_by_members(key, raw.get("members"))
+        if why:
+            name = key.partition(".")[2]
+            raise ConfigError(f"--set {key}: the file's {why}; use --set members.{name}=[...] instead")
     return from_dict(apply_overrides(raw, overrides or []))

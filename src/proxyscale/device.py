@@ -197,24 +197,28 @@ def activation_bytes_per_sequence(width: int, depth: int, seq_len: int, vocab: i
 
 
 def plan_micro_batch(requested: int, batch: int, members: int, n_total: int, per_sequence: int,
-                     device: torch.device, dtype: torch.dtype, free: int | None = None) -> int:
+                     device: torch.device, dtype: torch.dtype, free: int | None = None, host_log: int = 0) -> int:
     """Sequences per member computed at once: ``requested`` when > 0 (must divide the batch), else the largest
     divisor of the batch whose activations fit in 80% of the free memory left after the group's state.
-    Refuses, with the numbers, a group that cannot fit even one sequence per member."""
-    if requested > 0:
-        if batch % requested:
-            raise ConfigError(f"train.micro_batch_size: {requested} does not divide data.batch_size {batch}; "
-                              f"pick one of {[d for d in range(1, batch + 1) if batch % d == 0]}")
-        return requested
+    Refuses, with the numbers, a group that cannot fit even one sequence per member. ``host_log``: the bytes the
+    metrics log grows to in host memory (``diagnostics.log_bytes``), which on a CPU shares the memory with the
+    state and activations; a group whose state and log alone do not fit is refused also at a requested size."""
+    if requested > 0 and batch % requested:
+        raise ConfigError(f"train.micro_batch_size: {requested} does not divide data.batch_size {batch}; "
+                          f"pick one of {[d for d in range(1, batch + 1) if batch % d == 0]}")
     free = free_bytes(device) if free is None else free
     state = state_bytes(members, n_total, dtype)
-    room = int(0.8 * free) - state
+    log = host_log if device.type == "cpu" else 0
+    room = int(0.8 * free) - state - log
     fits = room // max(1, members * per_sequence)
     if fits < 1:
+        held = f"state {state / 2**30:.1f} GiB" + (f" + metrics log {log / 2**30:.1f} GiB" if log else "")
         raise ConfigError(
-            f"train: a group of {members} members does not fit on {device}: state {state / 2**30:.1f} GiB + one "
-            f"sequence per member {members * per_sequence / 2**30:.2f} GiB > 80% of {free / 2**30:.1f} GiB free; "
-            "train fewer members per group (split members.lr) or a smaller model")
+            f"train: a group of {members} members does not fit on {device}: {held} + one sequence per member "
+            f"{members * per_sequence / 2**30:.2f} GiB > 80% of {free / 2**30:.1f} GiB free; train fewer members "
+            "per group (split members.lr), a smaller model" + (" or log less often (train.log_every)" if log else ""))
+    if requested > 0:
+        return requested
     return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= fits)
 
 

@@ -71,17 +71,39 @@ class MetricsLog:
         self.rows = [(int(s), {k: v.numpy() for k, v in c.items()}) for s, c in zip(state["steps"], state["cols"])]
 
     def frame(self) -> pl.DataFrame:
-        """Long table: one row per (step, member); columns in first-seen order, missing values null."""
+        """Long table: one row per (step, member); columns in first-seen order, missing values null (a measured
+        NaN stays NaN). Built column by column from the float64 arrays: 8 bytes a value, not a Python float's 32."""
         names: list[str] = []
         for _, cols in self.rows:
             names += [n for n in cols if n not in names]
-        k = self.members
-        data: dict[str, list] = {"step": [], "member": []}
-        data.update({n: [] for n in names})
-        for step, cols in self.rows:
-            data["step"] += [step] * k
-            data["member"] += list(range(k))
-            for n in names:
-                data[n] += cols[n].tolist() if n in cols else [None] * k
-        schema = {"step": pl.Int64, "member": pl.Int64, **{n: pl.Float64 for n in names}}
-        return pl.DataFrame(data, schema=schema)
+        k, n_rows = self.members, len(self.rows)
+        data: dict[str, pl.Series] = {
+            "step": pl.Series("step", np.repeat(np.array([s for s, _ in self.rows], dtype=np.int64), k)),
+            "member": pl.Series("member", np.tile(np.arange(k, dtype=np.int64), n_rows))}
+        nan = np.full(k, np.nan)
+        for n in names:
+            values = np.concatenate([cols.get(n, nan) for _, cols in self.rows]) if n_rows else np.zeros(0)
+            present = np.repeat(np.array([n in cols for _, cols in self.rows], dtype=bool), k)
+            series = pl.Series(n, values, dtype=pl.Float64)
+            data[n] = series if present.all() else pl.select(
+                pl.when(pl.Series(present)).then(series).otherwise(None).alias(n)).to_series()
+        if not n_rows:
+            return pl.DataFrame(schema={"step": pl.Int64, "member": pl.Int64, **{n: pl.Float64 for n in names}})
+        return pl.DataFrame(list(data.values()))
+
+
+BYTES_PER_LOGGED_VALUE = 32
+"""Peak host bytes one logged value costs a group: the float64 in ``MetricsLog``, its copy in each checkpoint's
+state, and the frame (and its parquet buffer) built at the end."""
+
+
+def log_bytes(members: int, logged_steps: int, columns: int) -> int:
+    """Host memory the metrics log of a group grows to (``BYTES_PER_LOGGED_VALUE``): with 10,000 members it is
+    gigabytes, so the memory plan counts it before anything is allocated."""
+    return members * logged_steps * columns * BYTES_PER_LOGGED_VALUE
+
+
+def logged_columns(depth: int, tensors: int) -> int:
+    """Columns a proxy group logs per step: ~12 scalars (loss, z-loss, eval loss, LR, log Z, ...), the per-layer
+    ``model.STATS`` (4 per layer), and gradient, update and parameter RMS per tensor (3 per tensor)."""
+    return 12 + 4 * depth + 3 * tensors

@@ -10,6 +10,7 @@ leaves a checkpoint that the next attempt (a Ray retry, or a rerun of the comman
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,29 @@ class ExecutorConfig:
     (how the tests run the Slurm path without a cluster)."""
 
 
+RAY_ADDRESS = re.compile(r"auto|local|(ray://)?[A-Za-z0-9.\-]+:[0-9]{1,5}")
+"""The addresses ``ray.init`` takes: ``auto``, ``local``, a GCS ``host:port``, or a Ray Client ``ray://host:port``."""
+_RAY_STARTED_HERE = False  # connect_ray started Ray in this process: _ray shuts it down when the sweep ends
+
+
+def connect_ray(cfg: ExecutorConfig) -> None:
+    """Start or join Ray before a sweep writes anything, so an address that cannot be reached is one line, exit 2,
+    and nothing on disk."""
+    global _RAY_STARTED_HERE
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except Exception as err:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError: all mean "cannot reach"
+        raise StoreError(f"--ray-address {cfg.ray_address or '(local)'}: cannot start or join Ray "
+                         f"({_first_line(err)}); check the address (ray status on the head node)", exit_code=2) \
+            from None
+    _RAY_STARTED_HERE = True
+
+
 def executor_config(raw: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> ExecutorConfig:
     """The spec's ``executor`` mapping, then command-line overrides (None = not given), validated."""
     from .config import parse_section
@@ -68,6 +92,9 @@ def executor_config(raw: dict[str, Any] | None, overrides: dict[str, Any] | None
         raise ConfigError("executor: cpus_per_group, gpus_per_group and retries must be >= 0")
     if cfg.kind == "ray":
         require_extra("--executor ray", "ray", "ray")
+    if cfg.ray_address and not RAY_ADDRESS.fullmatch(cfg.ray_address):
+        raise ConfigError(f"--ray-address {cfg.ray_address!r}: not a Ray address; valid: auto, local, HOST:PORT "
+                          "(a cluster's GCS) or ray://HOST:PORT (Ray Client)")
     if cfg.kind == "slurm":
         require_extra("--executor slurm", "submitit", "slurm")
     return cfg
@@ -115,10 +142,9 @@ def _ray(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig,
          show: Callable[[int, int], None]) -> Iterator[str]:
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=cfg.ray_address or None, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    global _RAY_STARTED_HERE
+    connect_ray(cfg)
+    started_here, _RAY_STARTED_HERE = _RAY_STARTED_HERE, False
     try:
         task = ray.remote(num_cpus=cpus_per_group(cfg), num_gpus=cfg.gpus_per_group, max_retries=cfg.retries)(fn)
         pending = [task.remote(job) for job in jobs]

@@ -88,6 +88,7 @@ class Monitor:
                  torch.Tensor]] | None, heads: int | None, logit_threshold: float, log_z_drift: float,
                  spike_factor: float, on_alarm: str, forecast: str | Path | None) -> None:
         validate(every, on_alarm)
+        store.check_dir(Path(out), "monitor out=")  # before any hook: a bad folder is one error, the model untouched
         self.model, self.optimizer, self.every, self.out = model, optimizer, every, Path(out)
         self.logit_threshold, self.log_z_drift, self.spike_factor = logit_threshold, log_z_drift, spike_factor
         self.on_alarm = on_alarm
@@ -116,7 +117,11 @@ class Monitor:
         self.update_source: str | None = None  # what update_rms/* measured (monitor.json)
         if optimizer is not None:
             self.handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._after_update()))
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self.close_hooks()
+            raise store.StoreError(f"monitor out={self.out}: cannot create the directory ({err.strerror})") from None
 
     # ---- finding the attention ------------------------------------------------------------------------------------
     def recording(self) -> bool:
@@ -413,15 +418,19 @@ class Monitor:
         return min(eps) if eps else None
 
     # ---- output ---------------------------------------------------------------------------------------------------
+    def close_hooks(self) -> None:
+        """Remove every hook the monitor put on the model and optimizer."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
     def close(self) -> Path:
         """Remove the hooks; write DIR/metrics.parquet, DIR/alarms.json and DIR/monitor.json (atomically). A second
         call (a framework's end after a stop) writes nothing new."""
         if self.closed:
             return self.out / "metrics.parquet"
         self.closed = True
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        self.close_hooks()
         store.write_parquet(self.out / "metrics.parquet", self.log.frame())
         store.write_json(self.out / "alarms.json", [a.__dict__ for a in self.alarms])
         store.write_json(self.out / "monitor.json", {"model": type(self.model).__name__, "attention": self.kind,

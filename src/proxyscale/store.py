@@ -131,9 +131,44 @@ def sha256(path: Path) -> str:
 # ---- one writer per directory --------------------------------------------------------------------------------
 
 def check_dir(out: Path, flag: str = "--out") -> None:
-    """A run directory must be a directory (or not exist yet)."""
-    if out.exists() and not out.is_dir():
+    """A run directory must be a directory, or one that can be created: every way it cannot (a file there or
+    above it, a dangling symlink, a name too long, a read-only or unwritable place) is one StoreError (exit 2)
+    naming ``flag`` and the path, before anything is written."""
+    out = Path(out)
+    existing = out.absolute()
+    while not _lexists(existing):  # the nearest ancestor that exists: where the directory would be created
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, AttributeError, ValueError):  # a dangling symlink (named below), or no pathconf here
+        name_max = 255
+    long = next((part for part in out.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:  # first: stat() of such a path fails itself
+        raise StoreError(f"{flag} {str(out)[:60]}...: the name {long[:20]}... is {len(os.fsencode(long))} bytes, "
+                         f"over this filesystem's {name_max}; choose a shorter name", exit_code=2)
+    if existing.is_symlink() and not existing.exists():
+        raise StoreError(f"{flag} {out}: {existing} is a symlink to {os.readlink(existing)}, which does not exist; "
+                         "create its target or choose another directory", exit_code=2)
+    if existing == out.absolute() and not existing.is_dir():
         raise StoreError(f"{flag} {out}: is a file, not a directory; choose a directory", exit_code=2)
+    if not existing.is_dir():
+        raise StoreError(f"{flag} {out}: {existing} is a file, so no directory can be made under it; choose a "
+                         "directory", exit_code=2)
+    if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise StoreError(f"{flag} {out}: {existing} is on a read-only filesystem; choose a writable directory",
+                         exit_code=2)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StoreError(f"{flag} {out}: {existing} is not writable by this user; choose a writable directory",
+                         exit_code=2)
+
+
+def _lexists(path: Path) -> bool:
+    """Whether anything (a dangling symlink included) is at ``path``; False also when the name cannot be stat'ed."""
+    try:
+        os.lstat(path)
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -142,7 +177,10 @@ def lock(out: Path, wait: bool = False) -> Iterator[None]:
     (``wait``) or gets a StoreError (exit 2) naming the holder. Leftover temporary files of a dead writer are
     removed once the lock is held."""
     check_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a race or a case check_dir cannot see (a full disk, a quota): still one line
+        raise StoreError(f"--out {out}: cannot create the directory ({err.strerror})", exit_code=2) from None
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -28,7 +28,7 @@ from . import config as config_mod
 from . import ladder, loggers, store, table
 from .config import ConfigError, GroupConfig
 from .data import check_corpus
-from .executors import ExecutorConfig, cpus_per_group, executor_config
+from .executors import ExecutorConfig, connect_ray, cpus_per_group, executor_config
 from .executors import run as run_jobs
 from .store import StoreError
 from .threads import usable_cores
@@ -121,6 +121,13 @@ def expand(spec: dict[str, Any]) -> list[Group]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"axes.{path}: expected a non-empty list of values")
     members = spec.get("members") or {}
+    for path in axes:  # a group-level value of a scalar the members list would train the same group twice
+        for key in path.split(","):
+            why = config_mod.shadowed_by_members(key, members)
+            if why:
+                name = key.strip().partition(".")[2]
+                raise ConfigError(f"axes.{path}: {why}, so every value of this axis would train the same runs; "
+                                  f"sweep it as members.{name} instead (or drop members.{name})")
     for name, values in members.items():
         if isinstance(values, list) and not values:
             raise ConfigError(f"members.{name}: empty grid; give at least one value")
@@ -195,6 +202,8 @@ def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, exec
     store.check_dir(pool, "the group pool")
     for data_cfg in {g.cfg.data.corpus: g.cfg.data for g in groups}.values():
         check_corpus(data_cfg)
+    if ex.kind == "ray":  # joined now: an unreachable cluster is one line, before spec.json is written
+        connect_ray(ex)
     return groups, out, pool, ex
 
 

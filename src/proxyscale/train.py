@@ -29,7 +29,7 @@ from .device import (
     rows_chunk,
     state_bytes,
 )
-from .diagnostics import MetricsLog
+from .diagnostics import MetricsLog, log_bytes, logged_columns
 from .losses import loss_parts, total_loss
 from .model import ProxyGPT, count_params, init_params, param_specs
 from .optim import BatchedAdamW, FlatParams
@@ -117,8 +117,10 @@ class GroupRun:
         per_seq = activation_bytes_per_sequence(cfg.model.width, cfg.model.depth, cfg.data.seq_len, self.vocab_size,
                                                 dtype, t.activation_checkpointing)
         # refused here, before anything is written, when not even one sequence per member fits
+        logged = t.steps // self.log_every + t.steps // max(1, t.eval_every) + 2
+        host_log = log_bytes(K, logged, logged_columns(cfg.model.depth, len(self.specs)))
         self.micro_batch = plan_micro_batch(t.micro_batch_size, cfg.data.batch_size, K, n_total, per_seq,
-                                            self.device, dtype)
+                                            self.device, dtype, host_log=host_log)
         self.memory_estimate = state_bytes(K, n_total, dtype) + K * self.micro_batch * per_seq
         self.model = ProxyGPT(cfg.model, self.vocab_size, cfg.data.seq_len, self.device,
                               checkpoint_blocks=t.activation_checkpointing)
