@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import yaml
 
-from proxyscale import forecast, instability
+from proxyscale import config, forecast, instability, sweep
 from proxyscale.cli import main
 
 
@@ -204,3 +204,21 @@ def test_the_output_verdict_gives_the_mean_logit_with_its_band_and_sign():
     out = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")["verdicts"][1]
     low, high = out["detail"].split("mean output logit ")[1].split("(80% interval ")[1].split(")")[0].split("–")
     assert float(low) < -5.0 < float(high) < 0
+
+
+def test_the_ladder_trains_on_the_targets_corpus_and_tokenizer_and_odd_sizes_are_warned(make_raw, tmp_path):
+    """Reported: the ladder trained on the scale's corpus and byte vocab whatever the target said."""
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("my own text, not the King James Bible. " * 200)
+    raw = make_raw(model={"qk_layernorm": "off", "width": 1024, "depth": 12, "heads": 16, "vocab": "bpe:300"},
+                   data={"corpus": str(corpus)})
+    raw.pop("members")
+    target = config.from_dict(raw)
+    spec = forecast.ladder_spec(target, "micro")
+    assert spec["base"]["data"]["corpus"] == str(corpus) and spec["base"]["model"]["vocab"] == "bpe:300"
+    assert all(g.cfg.data.corpus == str(corpus) and g.cfg.model.vocab == "bpe:300" for g in sweep.expand(spec))
+    assert forecast.size_warnings(target, spec) == []
+    small = config.from_dict({**raw, "model": {**raw["model"], "width": 32, "depth": 1, "heads": 2}})
+    assert "no larger than the ladder" in forecast.size_warnings(small, forecast.ladder_spec(small, "micro"))[0]
+    huge = config.from_dict({**raw, "model": {**raw["model"], "width": 1 << 20, "depth": 2000, "heads": 16}})
+    assert "beyond any model trained" in forecast.size_warnings(huge, forecast.ladder_spec(huge, "micro"))[0]

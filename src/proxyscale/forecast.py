@@ -1,7 +1,7 @@
 """Forecast a target run from a ladder of proxies (paper §3.5, Fig 9 and Fig 11 as a tool), and backtest it.
 
 ``TARGET.yaml`` is a group config for one run the user cannot afford to try (any size; ``optim.lr`` its peak LR).
-The ladder is the scale's sizes, each trained with the target's interventions (qk-layernorm, z-loss, weight decay
+The ladder is the scale's sizes, on the target's corpus and vocab, each trained with the target's interventions (qk-layernorm, z-loss, weight decay
 and its mode, ε, μParam, ...) over an LR grid around the target LR, as one group per size. Each diagnostic is fitted
 against N per LR as a power law (log-log, ``analysis.fit_log``) and extrapolated to the target's N with an 80%
 prediction interval (parameter covariance plus residual scatter, Student's t in log space). Then one verdict per cause:
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,25 @@ def load_target(path: str) -> GroupConfig:
     return target
 
 
+ABSURD_N = 1e13
+"""A target with more non-embedding parameters than this (10T, beyond any run trained to date) is probably a typo."""
+
+
+def size_warnings(target: GroupConfig, spec: dict[str, Any]) -> list[str]:
+    """One line each when a forecast would not be an extrapolation the ladder can make: a target no larger than
+    the ladder's largest size (run it directly, or use a smaller scale), or one of absurd size."""
+    n = float(count_params(target.model, vocab_size(target)))
+    largest = max(float(count_params(g.cfg.model, vocab_size(g.cfg))) for g in sweep.expand(spec))
+    out = []
+    if n <= largest:
+        out.append(f"the target (N = {n:.3g}) is no larger than the ladder's largest size (N = {largest:.3g}): "
+                   "the forecast interpolates; training the target itself costs no more than the ladder")
+    if n > ABSURD_N:
+        out.append(f"the target's N = {n:.3g} is beyond any model trained to date (> {ABSURD_N:.0e}); check "
+                   "model.width and model.depth")
+    return out
+
+
 def lr_grid(lr: float) -> list[float]:
     """The paper's grid (§3) around the target LR, with the target LR and its neighbours ×3 and ÷3 added."""
     points = {round(x, 12) for x in (*LR_GRID, lr, lr * 3, lr / 3)}
@@ -72,11 +92,15 @@ def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | N
     base = sweep.merge(shared["base"], {})
     steps = base.get("train", {}).get("steps", 100)
     warmup = max(1, round(steps * target.optim.warmup / target.train.steps))
+    # the target's own data and tokenizer (its corpus, bin format and vocab): the ladder must see what the run sees;
+    # sequence length and batch stay the scale's (the proxies' budget)
+    data = {"corpus": target.data.corpus, "bin_dtype": target.data.bin_dtype}
     model = {f: getattr(target.model, f) for f in MODEL_INTERVENTIONS}
+    model["vocab"] = target.model.vocab
     if target.model.mup != "none":
         model["mup_base_width"] = 32  # μParam's base: the ladder's smallest width (as the experiments do)
     optim = {f: getattr(target.optim, f) for f in OPTIM_INTERVENTIONS}
-    base = sweep.merge(base, {"model": model, "optim": {**optim, "warmup": warmup}})
+    base = sweep.merge(base, {"model": model, "data": data, "optim": {**optim, "warmup": warmup}})
     return {"name": "forecast", "base": base, "sizes": sizes or LADDERS[scale],
             "members": {"lr": lr_grid(target.optim.lr)}}
 
@@ -284,6 +308,8 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
 
     target = load_target(target_path)
     spec = ladder_spec(target, scale)
+    for warning in size_warnings(target, spec):
+        print(f"warning: forecast: {warning}", file=sys.stderr, flush=True)
     spec = sweep.with_log_to(spec, log_to)  # stream the ladder's groups to TensorBoard / W&B too
     results = sweep.run_sweep(spec, out / "ladder", progress=progress, pool=out / "groups", executor=executor)
     rows = unstable(results)
