@@ -2,6 +2,7 @@ import json
 import math
 
 import polars as pl
+import yaml
 import pytest
 
 from proxyscale import claims, sweep
@@ -188,3 +189,30 @@ def test_workers_give_the_same_results_as_sequential(tmp_path, make_raw):
     par = sweep.run_sweep(s, tmp_path / "par", workers=2)
     cols = [c for c in seq.columns if c != "tokens_per_s"]
     assert seq.select(cols).sort("group", "member").equals(par.select(cols).sort("group", "member"))
+
+
+def test_two_sweeps_over_one_pool_cooperate(make_raw, tmp_path):
+    """Issue 15 §10: two ``proxyscale sweep`` processes of one spec into one --out (cluster workers over one pool)
+    both finish with the same results, and each group is trained by exactly one of them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    base = make_raw(train={"steps": 200, "eval_every": 100})
+    base.pop("members")
+    spec = {"name": "t", "sizes": [{"width": 32, "depth": 1, "heads": 1}, {"width": 32, "depth": 2, "heads": 2}],
+            "axes": {"model.qk_layernorm": ["head", "off"]}, "members": {"lr": [1e-3, 1e-2]}, "base": base}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "proxyscale", "sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-400:] for o in outs]
+    trained = [int(next(line for line in o[0].splitlines() if "trained here" in line).split("trained here: ")[1]
+                   .split()[0]) for o in outs]
+    assert sum(trained) == 4, (trained, [o[0] for o in outs])  # each of the 4 groups once, by one of the two
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["groups"] == 4
+    results = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert results.height == 8 and results["final_eval_loss"].is_finite().all()

@@ -174,9 +174,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")
         return 0
     _plan_before_run(groups, pool, f"sweep {args.spec}")
+    record: dict[str, Any] = {}
     with _group_progress() as progress:
-        results = sweep.run_sweep(spec, Path(args.out), progress=progress, executor=_executor(args))
-    console.print(f"{Path(args.out) / 'results.parquet'}: {results.height} rows")
+        results = sweep.run_sweep(spec, Path(args.out), progress=progress, executor=_executor(args), record=record)
+    others = f" ({record['groups'] - record['trained']} finished already or by another sweep)" \
+        if record["trained"] < record["groups"] else ""
+    console.print(f"{Path(args.out) / 'results.parquet'}: {results.height} rows; trained here: {record['trained']} "
+                  f"of {record['groups']} groups{others}")
     return 0
 
 

@@ -108,8 +108,8 @@ def cpus_per_group(cfg: ExecutorConfig) -> int:
     return 1 if cfg.kind == "ray" else cfg.slurm_cpus_per_task
 
 
-def run(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig, out: Path,
-        show: Callable[[int, int], None]) -> Iterator[str]:
+def run(fn: Callable[[Any], Any], jobs: Sequence[Any], cfg: ExecutorConfig, out: Path,
+        show: Callable[[int, int], None]) -> Iterator[Any]:
     """Run ``fn`` on every job with ``cfg``'s executor; yield each job's result (a group id) as it finishes.
     ``show(done, running)`` is told the progress."""
     if not jobs:
@@ -121,8 +121,8 @@ def run(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig, out:
     return _local(fn, jobs, cfg, show)
 
 
-def _local(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig,
-           show: Callable[[int, int], None]) -> Iterator[str]:
+def _local(fn: Callable[[Any], Any], jobs: Sequence[Any], cfg: ExecutorConfig,
+           show: Callable[[int, int], None]) -> Iterator[Any]:
     if cfg.workers <= 1:
         for i, job in enumerate(jobs):
             show(i, 1)
@@ -138,8 +138,8 @@ def _local(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig,
             yield gid
 
 
-def _ray(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig,
-         show: Callable[[int, int], None]) -> Iterator[str]:
+def _ray(fn: Callable[[Any], Any], jobs: Sequence[Any], cfg: ExecutorConfig,
+         show: Callable[[int, int], None]) -> Iterator[Any]:
     import ray
 
     global _RAY_STARTED_HERE
@@ -165,8 +165,8 @@ def _ray(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig,
             ray.shutdown()
 
 
-def _slurm(fn: Callable[[Any], str], jobs: Sequence[Any], cfg: ExecutorConfig, out: Path,
-           show: Callable[[int, int], None]) -> Iterator[str]:
+def _slurm(fn: Callable[[Any], Any], jobs: Sequence[Any], cfg: ExecutorConfig, out: Path,
+           show: Callable[[int, int], None]) -> Iterator[Any]:
     import submitit
     from submitit.helpers import as_completed
 

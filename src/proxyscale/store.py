@@ -101,10 +101,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    write_atomic(path, (json.dumps(obj, indent=2, default=json_default) + "\n").encode())
 
 
-def _json_default(x: Any) -> Any:
+def json_default(x: Any) -> Any:
+    """How ``write_json`` writes numpy/torch scalars (their ``item()``)."""
     if hasattr(x, "item"):
         return x.item()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
@@ -169,6 +170,24 @@ def _lexists(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def busy(out: Path) -> bool:
+    """Whether another process holds ``out``'s writer lock now (a glance, for ordering work: it may change at once)."""
+    if not (out / LOCK).exists():
+        return False
+    try:
+        fd = os.open(out / LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ skips finished groups and resumes unfinished ones from their last checkpoint.
 from __future__ import annotations
 
 import copy
+import json
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -165,8 +166,9 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def train_job(job: tuple[str, dict, str, int, int | None]) -> str:
-    """The one job every executor runs (top-level, so it pickles): train group ``id`` into ``pool/<id>``."""
+def train_job(job: tuple[str, dict, str, int, int | None]) -> tuple[str, bool]:
+    """The one job every executor runs (top-level, so it pickles): train group ``id`` into ``pool/<id>``; returns
+    (id, whether this job trained it: False when another sweep did, while this one waited)."""
     gid, raw_cfg, pool, threads, grow = job
     from .train import train_group
 
@@ -174,21 +176,32 @@ def train_job(job: tuple[str, dict, str, int, int | None]) -> str:
     # threads auto: at most the cores the executor gave this group (so workers never oversubscribe), fewer where
     # other work holds them (threads.choose), more (up to ``grow``) once other workers finish; a group another
     # worker holds: wait, then it is finished
-    train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads, thread_max=grow)
-    return gid
+    _, trained = train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads, thread_max=grow)
+    return gid, trained
 
 
 def run_sweep(spec: dict[str, Any], out: str | Path, workers: int | None = None, progress: Any = None,
-              pool: str | Path | None = None, executor: dict[str, Any] | None = None) -> pl.DataFrame:
-    """Run every group of ``spec`` (skipping finished ones) and write ``out/results.parquet``.
+              pool: str | Path | None = None, executor: dict[str, Any] | None = None,
+              record: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Run every group of ``spec`` (skipping finished ones) and write ``out/results.parquet``; ``record``, if given,
+    receives what ``out/sweep.json`` says of this call (groups, trained here, executor, seconds).
 
     Groups live in ``pool/<id>`` (default ``out/groups``); experiments that share a pool share identical groups.
     ``out`` has one writer at a time; each group folder too, so two sweeps over one pool never train a group twice.
     ``executor`` overrides the spec's ``executor`` section (see ``executors.ExecutorConfig``).
     """
     groups, out, pool, ex = prepare(spec, out, pool, {"workers": workers, **(executor or {})})
-    with store.lock(out):
-        return run_locked(spec, groups, out, pool, ex, progress)
+    # Several sweeps of one spec into one ``out`` (cluster workers over one pool) cooperate: ``out`` is locked only
+    # while its files are written; the groups train under their own locks, so each trains once and every sweep
+    # waits for the groups another one holds, then collects the same results.
+    with store.lock(out, wait=True):
+        write_spec(spec, out)
+    trained, seconds = train_groups(groups, pool, ex, progress, out)
+    with store.lock(out, wait=True):
+        results = finish(spec, groups, trained, out, pool, ex, seconds)
+    if record is not None:
+        record.update(groups=len(groups), trained=trained, executor=ex.kind, seconds=round(seconds, 1))
+    return results
 
 
 def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, executor: dict[str, Any] | None = None
@@ -210,21 +223,51 @@ def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, exec
 def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path, executor: ExecutorConfig,
                progress: Any) -> pl.DataFrame:
     """``run_sweep`` for a caller that already holds ``out``'s lock (``reproduce`` writes more into it)."""
-    store.write_json(out / "spec.json", spec)
+    write_spec(spec, out)
+    trained, seconds = train_groups(groups, pool, executor, progress, out)
+    return finish(spec, groups, trained, out, pool, executor, seconds)
+
+
+def write_spec(spec: dict[str, Any], out: Path) -> None:
+    """``out/spec.json`` (under ``out``'s lock); a different spec already there is refused: one ``out``, one sweep."""
+    path = out / "spec.json"
+    if path.exists():
+        try:
+            same = store.read_json(path) == json.loads(json.dumps(spec, default=store.json_default))
+        except (OSError, ValueError):
+            same = True  # damaged: rewritten below
+        if not same:
+            raise store.StoreError(f"--out {out}: holds another sweep (its spec.json differs from this spec); "
+                                   "choose another --out, or run the same spec to share the work", exit_code=2)
+    store.write_json(path, spec)
+
+
+def train_groups(groups: list[Group], pool: Path, executor: ExecutorConfig, progress: Any, out: Path
+                 ) -> tuple[int, float]:
+    """Train the groups of ``pool`` not finished yet (each under its own lock); returns how many this call trained
+    and the seconds it took. A group another sweep holds is waited for, then found finished."""
+    start = time.perf_counter()
     todo = [g for g in groups if not store.finished(pool / g.id)]  # a damaged finished group is set aside: retrained
+    todo.sort(key=lambda g: store.busy(pool / g.id))  # another sweep's groups last: by then they are finished
     task = progress.add_task("groups", total=len(groups), completed=len(groups) - len(todo), running=0,
                              left=len(todo)) if progress else None
     # a local worker with automatic cores may grow into the cores other workers leave (the tail of a sweep)
     grow = usable_cores() if executor.kind == "local" and not executor.cpus_per_group else None
     jobs = [(g.id, g.cfg.to_dict(), str(pool.resolve()), cpus_per_group(executor), grow) for g in todo]
-    start = time.perf_counter()
 
     def show(done: int, running: int) -> None:
         if progress:
             progress.update(task, completed=len(groups) - len(todo) + done, running=running,
                             left=len(todo) - done - running)
 
-    _follow(run_jobs(train_job, jobs, executor, out, show), todo, pool, executor, progress)
+    here = _follow(run_jobs(train_job, jobs, executor, out, show), todo, pool, executor, progress)
+    return here, time.perf_counter() - start
+
+
+def finish(spec: dict[str, Any], groups: list[Group], trained: int, out: Path, pool: Path,
+           executor: ExecutorConfig, seconds: float) -> pl.DataFrame:
+    """Collect the groups into ``out/results.parquet`` (under ``out``'s lock), with the sweep's figure and record
+    (``seconds``: the training's wall time)."""
     results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
     kinds = loggers.sweep_kinds(groups)
@@ -233,20 +276,17 @@ def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path,
 
         loggers.log_figures(kinds, out, str(spec.get("name") or out.name),
                             plots.lr_vs_loss(results, out / "figures" / "lr_vs_loss", title=out.name))
-    store.write_json(out / "sweep.json", {"groups": len(groups), "trained": len(todo), "executor": executor.kind,
-                                          "seconds": round(time.perf_counter() - start, 1)})
+    store.write_json(out / "sweep.json", {"groups": len(groups), "trained": trained, "executor": executor.kind,
+                                          "seconds": round(seconds, 1)})
     return results
-
-
-def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConfig, progress: Any) -> None:
-    """Drain the executor's finished group ids, telling a ``progress.Lines`` (if that is the progress) which group
+def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConfig, progress: Any) -> int:
+    """Drain the executor's finished (group id, trained here) pairs; returns how many this sweep trained (the rest
+    another sweep over the same pool did). Tells a ``progress.Lines`` (if that is the progress) which group
     started and finished. Starts are inferred: the executor runs ``parallel`` groups at once, in order, and starts
     the next when one finishes (exact for the local executor, whose pool hands out one job at a time)."""
     lines = progress if hasattr(progress, "group_started") else None
     if lines is None:
-        for _ in finished:
-            pass
-        return
+        return sum(trained for _, trained in finished)
     from .plan import group_plan
 
     by_id = {g.id: g for g in todo}
@@ -256,11 +296,14 @@ def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConf
     for g in queue[:parallel]:
         lines.group_started(g)
     queue = queue[parallel:]
-    for gid in finished:
+    here = 0
+    for gid, trained in finished:
+        here += trained
         seconds = store.read_json(pool / gid / "summary.json").get("seconds")
-        lines.group_finished(by_id[gid], seconds)
+        lines.group_finished(by_id[gid], seconds if trained else None)
         if queue:
             lines.group_started(queue.pop(0))
+    return here
 
 
 def collect(groups: list[Group], pool: Path, tail_steps: int | None = None, at_step: int | None = None) -> pl.DataFrame:
