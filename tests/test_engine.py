@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import torch
 
+from proxyscale.callbacks import StepEnd
 from proxyscale import config
 from proxyscale.config import ConfigError
 from proxyscale.device import StepWeights, plan_micro_batch
@@ -154,7 +155,7 @@ def test_compiled_step_keeps_the_member_axis_promises(tmp_path, make_raw):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_group(cfg, tmp_path / "resumed", on_step=interrupt)
+        train_group(cfg, tmp_path / "resumed", callbacks=[StepEnd(interrupt)])
     train_group(cfg, tmp_path / "resumed")
     resumed = pl.read_parquet(tmp_path / "resumed" / "metrics.parquet")
     assert group.drop("tokens_per_s").equals(resumed.drop("tokens_per_s"))

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import yaml
 
+from proxyscale.callbacks import StepEnd
 from proxyscale import config, sweep, table
 from proxyscale.cli import main
 
@@ -132,7 +133,7 @@ def test_a_resumed_group_logs_each_step_once(tmp_path, make_raw, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_group(cfg, out, on_step=stop)
+        train_group(cfg, out, callbacks=[StepEnd(stop)])
     train_group(cfg, out)
     metrics = pl.read_parquet(out / "metrics.parquet")
     for member, folder in enumerate(sorted((out / "tensorboard").iterdir())):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from proxyscale.callbacks import StepEnd
 from proxyscale import device, plan, sweep, table
 from proxyscale.cli import main
 from proxyscale.train import train_group
@@ -28,7 +29,7 @@ def test_counts_tokens_flops_and_pool_state(tmp_path, make_raw):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # checkpointed at step 2, then interrupted
-        train_group(groups[1].cfg, pool / groups[1].id, on_step=stop)
+        train_group(groups[1].cfg, pool / groups[1].id, callbacks=[StepEnd(stop)])
     p = plan.make(groups, pool)
     tokens = 2 * 6 * 4 * 32  # members x steps x batch x seq
     assert [g.tokens for g in p.groups] == [tokens] * 4

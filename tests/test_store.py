@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from proxyscale.callbacks import StepEnd
 from proxyscale import config, store, sweep
 from proxyscale.cli import main
 from proxyscale.store import StoreError
@@ -33,7 +34,7 @@ def interrupted(cfg, out, at):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_group(cfg, out, on_step=stop)
+        train_group(cfg, out, callbacks=[StepEnd(stop)])
 
 
 def results(out):

@@ -3,6 +3,7 @@ import math
 import polars as pl
 import pytest
 
+from proxyscale.callbacks import StepEnd
 from proxyscale import config
 from proxyscale.train import train_group
 
@@ -53,7 +54,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, make_raw):
 
     cfg = config.from_dict(raw)
     with pytest.raises(KeyboardInterrupt):
-        train_group(cfg, tmp_path / "resumed", on_step=interrupt)
+        train_group(cfg, tmp_path / "resumed", callbacks=[StepEnd(interrupt)])
     assert (tmp_path / "resumed" / "checkpoint" / "state.pt").exists()
     assert not (tmp_path / "resumed" / "metrics.parquet").exists()
     s_res, trained = train_group(cfg, tmp_path / "resumed")

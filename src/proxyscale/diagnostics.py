@@ -7,7 +7,6 @@ the last row (step = steps) holds only the final evaluation. Columns that were n
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -40,7 +39,6 @@ class MetricsLog:
     def __init__(self, members: int) -> None:
         self.members = members
         self.rows: list[tuple[int, dict[str, np.ndarray]]] = []
-        self.sinks: list[Callable[[int, dict[str, np.ndarray]], None]] = []  # e.g. TensorBoard (``loggers``)
 
     def add(self, step: int, cols: dict[str, torch.Tensor | np.ndarray | float]) -> dict[str, np.ndarray]:
         """Record ``cols`` (each [K] or a scalar) at ``step``; returns them as host arrays."""
@@ -55,8 +53,6 @@ class MetricsLog:
             self.rows[-1][1].update(out)
         else:
             self.rows.append((step, out))
-        for sink in self.sinks:
-            sink(step, out)
         return out
 
     def truncate(self, step: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .callbacks import Callback
 from .config import MEMBER_SCALARS, GroupConfig, Member, require_extra
 
 Sink = Callable[[int, dict[str, np.ndarray]], None]
@@ -41,10 +42,21 @@ def member_tag(members: Sequence[Member], i: int) -> str:
                                     else f"{n}={getattr(members[i], n)}" for n in varying)])
 
 
+class Sinks(Callback):
+    """The loggers as a training callback (``callbacks``): every recorded row goes to each sink."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def on_logged(self, step: int, columns: dict[str, np.ndarray]) -> None:
+        for sink in self.sinks:
+            sink(step, columns)
+
+
 @contextlib.contextmanager
-def open_sinks(cfg: GroupConfig, out: Path, gid: str, start_step: int = 0) -> Iterator[list[Sink]]:
-    """The sinks of ``cfg.train.log_to`` for the group in ``out``, which (re)starts at ``start_step``; closed
-    (flushed) on exit."""
+def open_loggers(cfg: GroupConfig, out: Path, gid: str, start_step: int = 0) -> Iterator[Sinks]:
+    """The loggers of ``cfg.train.log_to`` for the group in ``out``, which (re)starts at ``start_step``, as one
+    callback; closed (flushed) on exit."""
     members = cfg.member_list()
     sinks: list[Sink] = []
     closers: list[Callable[[], None]] = []
@@ -57,7 +69,7 @@ def open_sinks(cfg: GroupConfig, out: Path, gid: str, start_step: int = 0) -> It
             sink, close = _wandb(cfg, out, gid, members)
             sinks.append(sink)
             closers.append(close)
-        yield sinks
+        yield Sinks(sinks)
     finally:
         for close in closers:
             close()

@@ -146,7 +146,7 @@ def probe_step_seconds(cfg: GroupConfig) -> float | str:
             run = GroupRun(probe_cfg, Path(tmp), data)
         except ConfigError as err:  # the group does not fit on this device: the plan says so
             return str(err)
-        run.l0 = torch.full((len(run.members),), math.log(v), device=run.device)
+        run.start(l0=math.log(v))  # the uniform model's loss: the probe times steps, it needs no evaluation
         sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
         timed, spent = 0, 0.0
         for s in range(PROBE_STEPS + 1):

@@ -6,14 +6,16 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import loggers, store, table, threads
 from .analysis import lr_sensitivity, lr_sensitivity_coupled
+from .callbacks import Callback, Callbacks, Progress
 from .config import MEMBER_SCALARS, ConfigError, GroupConfig, Member
 from .data import Batches, TokenData, load_data
 from .device import (
@@ -136,7 +138,8 @@ class GroupRun:
         self.rows: torch.Tensor | None = None  # the live members computed each step (None = all)
         self.diverged_step = torch.full((K,), -1, dtype=torch.long, device=self.device)
         self.over = torch.zeros(K, dtype=torch.long, device=self.device)  # consecutive steps above ℓ0 + margin
-        self.l0: torch.Tensor | None = None
+        self.l0: torch.Tensor | None = None  # ``start()``
+        self.callbacks = Callbacks()  # ``run()``'s
         self.last: dict[str, torch.Tensor] = {}  # last logged value per column [K]: what a frozen member shows
         self.log = MetricsLog(K)
         self.next_step = 0
@@ -236,17 +239,34 @@ class GroupRun:
             self.rows = torch.tensor(live, dtype=torch.long, device=self.device)
 
     # -- the loop ----------------------------------------------------------------------------------------------
-    def run(self, on_step: Callable[[int], None] | None = None, progress: Any = None) -> dict[str, Any]:
-        t = self.cfg.train
-        if self.l0 is None:
+    def start(self, l0: float | None = None) -> None:
+        """ℓ0, the loss at initialisation each member's divergence and LR sensitivity are measured against (paper
+        §3): evaluated, unless a resumed checkpoint holds it or ``l0`` is given (a cost probe or a benchmark, which
+        need no divergence check, pass a stand-in instead of paying for an evaluation)."""
+        if l0 is not None:
+            self.l0 = torch.full((len(self.members),), float(l0), device=self.device)
+        elif self.l0 is None:
             self.l0 = evaluate(self)
-        task = progress.add_task("train", total=t.steps, completed=self.next_step, tps=0.0, logit=0.0) if progress else None
+
+    def _record(self, step: int, cols: dict[str, Any]) -> dict[str, Any]:
+        """One row of the metrics log (the step's one device-to-host copy), shown to the callbacks."""
+        host = self.log.add(step, cols)
+        self.callbacks.on_logged(step, host)
+        return host
+
+    def run(self, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+        """Train to ``train.steps`` (from ``next_step``), calling ``callbacks`` (``callbacks`` module) as it goes;
+        returns the summary. Calls ``start()`` first when the caller has not."""
+        t = self.cfg.train
+        self.start()
+        self.callbacks = Callbacks(callbacks)
+        self.callbacks.on_start(self)
         last_time, last_step = time.perf_counter(), self.next_step
         s = self.next_step
         while s < t.steps:
             if s % t.eval_every == 0:
                 ev = self.l0 if s == 0 else evaluate(self)
-                self.log.add(s, {"eval_loss": ev})
+                self._record(s, {"eval_loss": ev})
                 last_time = time.perf_counter()  # evaluation time is not training throughput
             try:
                 cols = self.step(s)
@@ -262,22 +282,19 @@ class GroupRun:
                 tps = self.tokens_per_step * (s + 1 - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, s + 1
                 self.log.add(s, {"tokens_per_s": tps})
+                self.callbacks.on_logged(s, {**host, "tokens_per_s": np.full(len(self.members), tps)})
                 self._update_rows(host["diverged"])
-                if progress:
-                    worst = max((float(v.max()) for k, v in host.items() if k.startswith("attn_logit_max/")), default=0.0)
-                    progress.update(task, completed=s + 1, tps=tps, logit=worst)
             self.next_step = s = s + 1
             if self.rebalancer is not None:
                 self.rebalancer.tick()
             if self.next_step % t.checkpoint_every == 0 and self.next_step < t.steps:
                 store.save_checkpoint(self.out, self.state())
-            if on_step is not None:
-                on_step(s - 1)
+            self.callbacks.on_step_end(s - 1)
         final = evaluate(self)
-        self.log.add(t.steps, {"eval_loss": final})
-        if progress:
-            progress.update(task, completed=t.steps)
-        return self.summary(final)
+        self._record(t.steps, {"eval_loss": final})
+        summary = self.summary(final)
+        self.callbacks.on_finish(summary)
+        return summary
 
     def summary(self, final: torch.Tensor) -> dict[str, Any]:
         assert self.l0 is not None
@@ -302,10 +319,12 @@ def _halve(micro_batch: int, batch: int) -> int:
     return max(d for d in range(1, micro_batch // 2 + 1) if batch % d == 0)
 
 
-def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], None] | None = None,
+def train_group(cfg: GroupConfig, out: str | Path, *, callbacks: Sequence[Callback] = (),
                 progress: Any = None, data: TokenData | None = None, wait: bool = False,
                 thread_cap: int | None = None, thread_max: int | None = None) -> tuple[dict[str, Any], bool]:
     """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched.
+    ``callbacks`` watch it train (``callbacks``), after the progress (``progress``: a rich Progress or
+    ``progress.Lines``) and the loggers of ``train.log_to``.
 
     ``out`` has one writer at a time (``store.lock``): a second one waits (``wait``, as sweep workers do: the
     group is then usually finished) or exits with a message naming the holder. Nothing is written before the
@@ -323,10 +342,9 @@ def train_group(cfg: GroupConfig, out: str | Path, *, on_step: Callable[[int], N
         state = store.load_checkpoint(out, run.device)
         if state is not None:
             run.restore(state)
-        with loggers.open_sinks(cfg, out, table.run_id(cfg), run.next_step) as sinks:
-            run.log.sinks = sinks
+        with loggers.open_loggers(cfg, out, table.run_id(cfg), run.next_step) as logged:
             try:
-                summary = run.run(on_step=on_step, progress=progress)
+                summary = run.run([*([Progress(progress)] if progress else []), logged, *callbacks])
             except RuntimeError as err:  # what auto micro-batching could not absorb: one line, not a traceback
                 if not is_out_of_memory(err):
                     raise
