@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from . import store
+from .callbacks import Callback
 from .instability import EPS_FACTOR, LOGIT_WATCH_FRACTION, PAPER_LOGIT_THRESHOLD, collapses
 from .diagnostics import MetricsLog, max_attention_logit
 
@@ -82,6 +83,87 @@ class _Probe:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class Alarms:
+    """The alarm rules (module docstring) and what they remember (the last logit, the first log Z, recent losses,
+    what has been spoken): ``check`` says which hold at a step, ``speak`` prints those that are new or have worsened
+    by ``WORSENS`` and keeps them in ``alarms``. The monitor of a user's loop holds one; ``RunAlarms`` holds one per
+    member of a proxyscale group."""
+
+    def __init__(self, logit_threshold: float = PAPER_LOGIT_THRESHOLD, log_z_drift: float = 10.0,
+                 spike_factor: float = 2.0, forecast_high: float | None = None, who: str = "") -> None:
+        self.logit_threshold, self.log_z_drift, self.spike_factor = logit_threshold, log_z_drift, spike_factor
+        self.forecast_high, self.who = forecast_high, who
+        self.alarms: list[Alarm] = []  # the alarms spoken, in order
+        self.spoken: dict[str, float] = {}  # cause -> severity when it last spoke
+        self.firings: dict[str, int] = {}  # cause -> recorded steps on which it held (spoken or not)
+        self.losses: list[float] = []  # recent training losses (the spike rule's median)
+        self.first_log_z: float | None = None
+        self.last_logit: float | None = None
+
+    def speak(self, fired: list[Alarm]) -> list[Alarm]:
+        """Print (stderr) and keep the alarms of ``fired`` that are new for their cause or ``WORSENS`` times worse
+        than when it last spoke; returns them."""
+        new = []
+        for alarm in fired:
+            self.firings[alarm.cause] = self.firings.get(alarm.cause, 0) + 1
+            last = self.spoken.get(alarm.cause)
+            if last is not None and not alarm.severity >= WORSENS * last:
+                continue  # spoken already, and no worse: the record has it
+            self.spoken[alarm.cause] = alarm.severity
+            self.alarms.append(alarm)
+            new.append(alarm)
+            again = " (worse)" if last is not None else ""
+            print(f"proxyscale monitor: {self.who}step {alarm.step}{again}: {alarm.message}", file=sys.stderr,
+                  flush=True)
+        return new
+
+    def check(self, s: int, cols: dict[str, Any], eps: float | None = None, n: int = 0) -> list[Alarm]:
+        """The alarms that hold at step ``s`` for the recorded ``cols`` (host numbers or 0-d tensors: the monitor's
+        column names); ``eps`` AdamW's ε and ``n`` the parameters with a gradient, for the ε rule."""
+        host = {k: float(v) for k, v in cols.items() if k.startswith(("attn_logit_max/", "log_z_mean", "grad_norm",
+                                                                        "loss"))}
+        out: list[Alarm] = []
+        logits = [v for k, v in host.items() if k.startswith("attn_logit_max/")]
+        if logits:
+            top = max(logits)
+            rising = self.last_logit is not None and top > self.last_logit
+            if top >= self.logit_threshold or (top >= LOGIT_WATCH_FRACTION * self.logit_threshold and rising):
+                out.append(Alarm(s, "attention-logit growth", f"attention logits growing toward the divergence "
+                                 f"threshold: max {top:.3g} (threshold {self.logit_threshold:.3g}; paper §3.1.1); "
+                                 "use qk-layernorm, or lower the LR", top, top))
+            if self.forecast_high is not None and host.get("attn_logit_max/0", 0.0) > self.forecast_high:
+                out.append(Alarm(s, "left the forecast", f"layer-0 attention logit {host['attn_logit_max/0']:.3g} is "
+                                 f"above the forecast's 80% band (≤ {self.forecast_high:.3g}); the run is less stable "
+                                 "than its proxies predicted", host["attn_logit_max/0"],
+                                 host["attn_logit_max/0"] / self.forecast_high))
+            self.last_logit = top
+        if "log_z_mean" in host:
+            if self.first_log_z is None:
+                self.first_log_z = host["log_z_mean"]
+            drift = host["log_z_mean"] - self.first_log_z
+            if abs(drift) >= self.log_z_drift:
+                out.append(Alarm(s, "output-logit divergence", f"log Z drifted {drift:+.3g} nats since the first "
+                                 f"record (alarm at ±{self.log_z_drift:g}; paper §3.1.2); add z-loss 1e-4 (or weight "
+                                 "decay)", drift, abs(drift)))
+        if eps and "grad_norm" in host and n:
+            rms = host["grad_norm"] / math.sqrt(n)
+            if collapses(rms, eps):
+                out.append(Alarm(s, "update collapse from ε", f"gradient RMS {rms:.3g} is within {EPS_FACTOR:g}x of "
+                                 f"AdamW's ε = {eps:g} (paper §3.4): updates shrink; lower ε (e.g. 1e-15)", rms,
+                                 EPS_FACTOR * eps / max(rms, 1e-300)))
+        loss = host.get("loss")
+        if loss is not None and math.isfinite(loss):
+            recent = sorted(self.losses[-20:])
+            if len(recent) >= 5 and loss > self.spike_factor * recent[len(recent) // 2]:
+                out.append(Alarm(s, "loss spike", f"loss {loss:.4g} is {loss / recent[len(recent) // 2]:.2g}x the "
+                                 "recent median; lower the LR or lengthen the warm-up (and see the logit and log Z "
+                                 "alarms for the cause)", loss, loss / recent[len(recent) // 2]))
+            self.losses.append(loss)
+        elif loss is not None:
+            out.append(Alarm(s, "loss spike", "the loss is not finite; lower the LR", loss, 1e300))
+        return out
+
+
 class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int, out: Path,
                  qk: dict[str, tuple[nn.Module, nn.Module]] | None, qk_weights: dict[str, tuple[torch.Tensor,
@@ -90,28 +172,22 @@ class Monitor:
         validate(every, on_alarm)
         store.check_dir(Path(out), "monitor out=")  # before any hook: a bad folder is one error, the model untouched
         self.model, self.optimizer, self.every, self.out = model, optimizer, every, Path(out)
-        self.logit_threshold, self.log_z_drift, self.spike_factor = logit_threshold, log_z_drift, spike_factor
         self.on_alarm = on_alarm
+        self.rules = Alarms(logit_threshold, log_z_drift, spike_factor,
+                            _forecast_high(forecast) if forecast else None)
         self.log = MetricsLog(1)
-        self.alarms: list[Alarm] = []  # the alarms spoken (``WORSENS``), in order
-        self.spoken: dict[str, float] = {}  # cause -> severity when it last spoke
-        self.firings: dict[str, int] = {}  # cause -> recorded steps on which it held (spoken or not)
         self.step_index = 0
         self.handles: list[Any] = []
         self.probes: list[_Probe] = []
         self.block_rms: dict[int, torch.Tensor] = {}
         self.names = {p: n for n, p in model.named_parameters()}
         self.snapshot: dict[str, torch.Tensor] | None = None
-        self.losses: list[float] = []
-        self.first_log_z: float | None = None
-        self.last_logit: float | None = None
         self.closed = False
         self.training_only = False  # ``capture_outputs`` sets it: ignore evaluation forwards
         self.captured: dict[str, torch.Tensor] = {}  # loss / logits from ``capture_outputs``' hooks
         self.kind = self._find_attention(qk, heads)
         self.qk_weights = qk_weights or {}
         self._find_blocks()
-        self.forecast_high = _forecast_high(forecast) if forecast else None
         # Adam moments to read the update direction from (module docstring); else parameters are copied per step
         self.adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
         self.update_source: str | None = None  # what update_rms/* measured (monitor.json)
@@ -284,18 +360,11 @@ class Monitor:
         if recording:
             cols = self._measure(loss, logits)
             self.log.add(self.step_index, cols)
-            fired = self._check(cols)
+            n = sum(p.numel() for p in self.names if p.grad is not None)
+            fired = self.rules.check(self.step_index, cols, self._eps(), n)
             self._snapshot()
         self.step_index += 1
-        for alarm in fired:
-            self.firings[alarm.cause] = self.firings.get(alarm.cause, 0) + 1
-            last = self.spoken.get(alarm.cause)
-            if last is not None and not alarm.severity >= WORSENS * last:
-                continue  # spoken already, and no worse: the record has it
-            self.spoken[alarm.cause] = alarm.severity
-            self.alarms.append(alarm)
-            again = " (worse)" if last is not None else ""
-            print(f"proxyscale monitor: step {alarm.step}{again}: {alarm.message}", file=sys.stderr, flush=True)
+        for alarm in self.rules.speak(fired):
             if self.on_alarm == "stop":
                 self.close()
                 raise TrainingStopped(alarm)
@@ -364,53 +433,6 @@ class Monitor:
         if cols:
             self.log.add(self.step_index - 1, cols)
 
-    # ---- alarms ---------------------------------------------------------------------------------------------------
-    def _check(self, cols: dict[str, Any]) -> list[Alarm]:
-        host = {k: float(v) for k, v in cols.items() if k.startswith(("attn_logit_max/", "log_z_mean", "grad_norm",
-                                                                        "loss"))}
-        s, out = self.step_index, []
-        logits = [v for k, v in host.items() if k.startswith("attn_logit_max/")]
-        if logits:
-            top = max(logits)
-            rising = self.last_logit is not None and top > self.last_logit
-            if top >= self.logit_threshold or (top >= LOGIT_WATCH_FRACTION * self.logit_threshold and rising):
-                out.append(Alarm(s, "attention-logit growth", f"attention logits growing toward the divergence "
-                                 f"threshold: max {top:.3g} (threshold {self.logit_threshold:.3g}; paper §3.1.1); "
-                                 "use qk-layernorm, or lower the LR", top, top))
-            if self.forecast_high is not None and host.get("attn_logit_max/0", 0.0) > self.forecast_high:
-                out.append(Alarm(s, "left the forecast", f"layer-0 attention logit {host['attn_logit_max/0']:.3g} is "
-                                 f"above the forecast's 80% band (≤ {self.forecast_high:.3g}); the run is less stable "
-                                 "than its proxies predicted", host["attn_logit_max/0"],
-                                 host["attn_logit_max/0"] / self.forecast_high))
-            self.last_logit = top
-        if "log_z_mean" in host:
-            if self.first_log_z is None:
-                self.first_log_z = host["log_z_mean"]
-            drift = host["log_z_mean"] - self.first_log_z
-            if abs(drift) >= self.log_z_drift:
-                out.append(Alarm(s, "output-logit divergence", f"log Z drifted {drift:+.3g} nats since the first "
-                                 f"record (alarm at ±{self.log_z_drift:g}; paper §3.1.2); add z-loss 1e-4 (or weight "
-                                 "decay)", drift, abs(drift)))
-        eps = self._eps()
-        n = sum(p.numel() for p in self.names if p.grad is not None)
-        if eps and "grad_norm" in host and n:
-            rms = host["grad_norm"] / math.sqrt(n)
-            if collapses(rms, eps):
-                out.append(Alarm(s, "update collapse from ε", f"gradient RMS {rms:.3g} is within {EPS_FACTOR:g}x of "
-                                 f"AdamW's ε = {eps:g} (paper §3.4): updates shrink; lower ε (e.g. 1e-15)", rms,
-                                 EPS_FACTOR * eps / max(rms, 1e-300)))
-        loss = host.get("loss")
-        if loss is not None and math.isfinite(loss):
-            recent = sorted(self.losses[-20:])
-            if len(recent) >= 5 and loss > self.spike_factor * recent[len(recent) // 2]:
-                out.append(Alarm(s, "loss spike", f"loss {loss:.4g} is {loss / recent[len(recent) // 2]:.2g}x the "
-                                 "recent median; lower the LR or lengthen the warm-up (and see the logit and log Z "
-                                 "alarms for the cause)", loss, loss / recent[len(recent) // 2]))
-            self.losses.append(loss)
-        elif loss is not None:
-            out.append(Alarm(s, "loss spike", "the loss is not finite; lower the LR", loss, 1e300))
-        return out
-
     def _eps(self) -> float | None:
         if self.optimizer is None:
             return None
@@ -418,6 +440,16 @@ class Monitor:
         return min(eps) if eps else None
 
     # ---- output ---------------------------------------------------------------------------------------------------
+    @property
+    def alarms(self) -> list[Alarm]:
+        """The alarms spoken so far (``Alarms.speak``)."""
+        return self.rules.alarms
+
+    @property
+    def firings(self) -> dict[str, int]:
+        """Per cause, the recorded steps on which it held."""
+        return self.rules.firings
+
     def close_hooks(self) -> None:
         """Remove every hook the monitor put on the model and optimizer."""
         for handle in self.handles:
@@ -439,6 +471,40 @@ class Monitor:
                                                      "steps": self.step_index, "alarms": len(self.alarms),
                                                      "firings": self.firings})
         return self.out / "metrics.parquet"
+
+
+class RunAlarms(Callback):
+    """The monitor's alarms on a proxyscale group as it trains (a ``callbacks.Callback``): one ``Alarms`` per member,
+    fed the member's logged loss, max attention logits and log Z, speaking as the monitor does (``member k:``).
+    They warn only (a group's members are many runs; one going unstable is a result). ``alarms`` holds what was
+    spoken, per member; ``out``, if given, gets them as ``alarms.json`` when the group finishes.
+
+        train_group(cfg, out, callbacks=[monitor.RunAlarms(logit_threshold=100)])"""
+
+    def __init__(self, logit_threshold: float = PAPER_LOGIT_THRESHOLD, log_z_drift: float = 10.0,
+                 spike_factor: float = 2.0, out: str | Path | None = None) -> None:
+        self.kwargs = {"logit_threshold": logit_threshold, "log_z_drift": log_z_drift, "spike_factor": spike_factor}
+        self.out = Path(out) if out is not None else None
+        self.members: list[Alarms] = []
+
+    @property
+    def alarms(self) -> list[Alarm]:
+        return [a for m in self.members for a in m.alarms]
+
+    def on_start(self, run: Any) -> None:
+        self.members = [Alarms(**self.kwargs, who=f"member {k}: ") for k in range(len(run.members))]
+
+    def on_logged(self, step: int, columns: dict[str, Any]) -> None:
+        if "loss" not in columns:  # an evaluation or throughput row: the rules read training steps
+            return
+        names = [n for n in columns if n == "loss" or n == "log_z_mean" or n.startswith("attn_logit_max/")]
+        for k, rules in enumerate(self.members):
+            rules.speak(rules.check(step, {n: columns[n][k] for n in names}))
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        if self.out is not None:
+            store.write_json(self.out / "alarms.json", [{"member": k, **a.__dict__} for k, m in enumerate(self.members)
+                                                        for a in m.alarms])
 
 
 def validate(every: int, on_alarm: str) -> None:
