@@ -246,11 +246,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         with _group_progress() as progress:
             rec = reproduce.reproduce(name, args.scale, out, progress=progress, executor=_executor(args),
                                       log_to=args.log_to)
-        console.print(sensitivity_table(rec["sensitivity"], f"{name}: LR sensitivity per group of LRs"))
-        for v in rec["verdicts"]:
-            colour = "green" if v["verdict"] == "reproduced" else "red"
-            console.print(f"[{colour}]{v['verdict']}[/{colour}]: {v['claim']}\n    {v['detail']}", highlight=False)
-        console.print(f"{name}: {rec['seconds']:.0f} s")
+        console.print(sensitivity_table(rec.sensitivity, f"{name}: LR sensitivity per group of LRs"))
+        for v in rec.verdicts:
+            colour = "green" if v.reproduced else "red"
+            console.print(f"[{colour}]{v.verdict}[/{colour}]: {v.claim}\n    {v.detail}", highlight=False)
+        console.print(f"{name}: {rec.seconds:.0f} s")
     path = report.build(out)
     console.print(f"report: {path}")
     return 0

@@ -48,9 +48,9 @@ if __name__ == "__main__":
 def experiments_table(roots: dict[str, str]) -> str:
     """Markdown table of reproduced experiments: one column per scale that was run (``{scale: output root}``, e.g.
     ``{"micro": "runs/reproduce"}``), each with the measured runtime and the verdict per claim."""
-    import json
     from pathlib import Path
 
+    from .records import ExperimentRecord
     from .reproduce import load, names
 
     lines = ["| experiment | command | " + " | ".join(f"`--scale {scale}`: runtime, verdicts" for scale in roots) + " |",
@@ -62,10 +62,9 @@ def experiments_table(roots: dict[str, str]) -> str:
             if not path.exists():
                 cells.append("not run")
                 continue
-            rec = json.loads(path.read_text())
-            n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
-            claims = "; ".join(f"{'✔' if v['verdict'] == 'reproduced' else '✘'} {v['claim']}" for v in rec["verdicts"])
-            cells.append(f"{rec['seconds'] / 60:.1f} min · {n_ok}/{len(rec['verdicts'])}: {claims}")
+            rec = ExperimentRecord.read(path)
+            claims = "; ".join(f"{'✔' if v.reproduced else '✘'} {v.claim}" for v in rec.verdicts)
+            cells.append(f"{rec.seconds / 60:.1f} min · {rec.reproduced}/{len(rec.verdicts)}: {claims}")
         title = load(name)["title"].split(":")[0]
         row = [title, f"`proxyscale reproduce {name}`", *(c.replace("|", "\\|") for c in cells)]
         lines.append("| " + " | ".join(row) + " |")  # a '|' inside a cell would split the markdown table

@@ -38,6 +38,15 @@ from .experiments import FORECAST_LADDERS
 from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, threshold, unstable
 from .model import count_params
 from .plan import vocab_size
+from .records import (
+    ATTENTION_LOGIT_GROWTH,
+    DIVERGENCE_AT_LR,
+    OUTPUT_LOGIT_DIVERGENCE,
+    UPDATE_COLLAPSE,
+    ExperimentRecord,
+    Verdict,
+    verdicts_by_cause,
+)
 
 LADDERS = FORECAST_LADDERS
 """The ladder a scale forecasts from (scales.yaml's ``ladder``, via the experiments catalogue)."""
@@ -210,7 +219,7 @@ def _level(value: float, low: float, high: float, limit: float, above: bool) -> 
 
 def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows: pl.DataFrame, n: float,
                        qk: str) -> dict[str, Any]:
-    cause = "attention-logit growth"
+    cause = ATTENTION_LOGIT_GROWTH
     if not t["ok"]:
         return _cannot(cause, t)
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
@@ -228,7 +237,7 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
 
 def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | None, z_loss: float,
                     weight_decay: float) -> dict[str, Any]:
-    cause = "output-logit divergence"
+    cause = OUTPUT_LOGIT_DIVERGENCE
     if not logz["ok"]:
         return _cannot(cause, logz)
     drift = f"|log Z| {_fmt(logz)}" + (f", mean output logit {_fmt(mean, mean['sign'])}" if mean["ok"] else "")
@@ -246,7 +255,7 @@ def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | Non
 
 
 def _eps_verdict(t: dict[str, Any], eps: float) -> dict[str, Any]:
-    cause = "update collapse from ε"
+    cause = UPDATE_COLLAPSE
     if not t["ok"]:
         return _cannot(cause, t)
     limit = EPS_FACTOR * eps  # instability.collapses: below this the update shrinks
@@ -258,7 +267,7 @@ def _eps_verdict(t: dict[str, Any], eps: float) -> dict[str, Any]:
 
 
 def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
-    cause = "divergence or degradation at the target LR"
+    cause = DIVERGENCE_AT_LR
     if not t["ok"]:
         return _cannot(cause, t)
     level = "likely" if lr >= t["value"] else "possible" if lr >= t["low"] else "unlikely"
@@ -279,7 +288,8 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
     for lr in sorted(truth["member.lr"].to_list()):
         f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk)
         measured = table.at_lr(truth, lr)
-        att, div = f["verdicts"][0], f["verdicts"][3]
+        by_cause = verdicts_by_cause(f["verdicts"])
+        att, div = by_cause[ATTENTION_LOGIT_GROWTH], by_cause[DIVERGENCE_AT_LR]
         called = [v["verdict"] for v in (att, div) if v["verdict"] != "cannot forecast"]
         logit = f["trends"]["attn_logit_max/0"]
         m_logit = measured["attn_logit_max/0"].item()
@@ -327,13 +337,13 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")
     store.write_json(folder / "forecast.json", _jsonable(record))
-    store.write_json(folder / "verdicts.json", {
-        "name": "forecast", "title": f"Forecast: d{m.width}-L{m.depth} ({n_target / 1e6:.3g}M) at LR {o.lr:g}",
-        "paper": "Forecast from a proxy ladder (paper §3.5, Fig 9; §3.4, Fig 11).", "scale": scale,
-        "command": f"proxyscale forecast {target_path} --scale {scale}", "seconds": 0.0, "why": "",
-        "figures": [str(p.relative_to(folder)) for p in figures],
-        "verdicts": [{"claim": v["cause"], "verdict": v["verdict"], "detail": v["detail"]} for v in record["verdicts"]],
-        "sensitivity": []})
+    ExperimentRecord(
+        name="forecast", title=f"Forecast: d{m.width}-L{m.depth} ({n_target / 1e6:.3g}M) at LR {o.lr:g}",
+        paper="Forecast from a proxy ladder (paper §3.5, Fig 9; §3.4, Fig 11).", scale=scale,
+        command=f"proxyscale forecast {target_path} --scale {scale}", seconds=0.0,
+        figures=[str(p.relative_to(folder)) for p in figures],
+        verdicts=[Verdict(v["cause"], v["verdict"], v["detail"]) for v in record["verdicts"]]
+    ).write(folder / "verdicts.json")
     return record
 
 

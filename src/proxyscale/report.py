@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store, table
+from .records import ExperimentRecord, Verdict
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -35,17 +36,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _section(folder: Path, rec: dict[str, Any], pool_link: str = "groups") -> str:
-    parts = [f"<h2 id='{html.escape(rec['name'])}'>{html.escape(rec['title'])}</h2>",
-             f"<p>{html.escape(rec.get('paper', ''))}</p>",
-             f"<p>Reproduce: <code>{html.escape(rec['command'])}</code>"
-             + (f" — scale <b>{rec['scale']}</b>, {rec['seconds']:.0f} s here" if rec["scale"] else "") + ".</p>", f"<p class='why'>{html.escape(rec.get('why', ''))}</p>", "<ul>"]
-    for v in rec["verdicts"]:
-        cls = "ok" if v["verdict"] == "reproduced" else "no"
-        parts.append(f"<li><span class='{cls}'>{v['verdict']}</span>: {html.escape(v['claim'])}<br>"
-                     f"<small>{html.escape(v['detail'])}</small></li>")
+def _section(folder: Path, rec: ExperimentRecord, pool_link: str = "groups") -> str:
+    parts = [f"<h2 id='{html.escape(rec.name)}'>{html.escape(rec.title)}</h2>",
+             f"<p>{html.escape(rec.paper)}</p>",
+             f"<p>Reproduce: <code>{html.escape(rec.command)}</code>"
+             + (f" — scale <b>{rec.scale}</b>, {rec.seconds:.0f} s here" if rec.scale else "") + ".</p>",
+             f"<p class='why'>{html.escape(rec.why)}</p>", "<ul>"]
+    for v in rec.verdicts:
+        cls = "ok" if v.reproduced else "no"
+        parts.append(f"<li><span class='{cls}'>{v.verdict}</span>: {html.escape(v.claim)}<br>"
+                     f"<small>{html.escape(v.detail)}</small></li>")
     parts.append("</ul>")
-    for fig in rec["figures"]:
+    for fig in rec.figures:
         if fig.endswith(".png"):
             try:
                 data = base64.b64encode((folder / fig).read_bytes()).decode()
@@ -53,9 +55,9 @@ def _section(folder: Path, rec: dict[str, Any], pool_link: str = "groups") -> st
                 parts.append(f"<p class='no'>figure {html.escape(fig)} is missing; rerun to redraw it</p>")
                 continue
             parts.append(f"<img alt='{html.escape(Path(fig).stem)}' src='data:image/png;base64,{data}'>")
-    parts.append(_table(rec.get("sensitivity", [])))
-    if rec.get("group_rows"):
-        parts.append(_groups_table(rec["group_rows"], pool_link))
+    parts.append(_table(rec.sensitivity))
+    if rec.group_rows:
+        parts.append(_groups_table(rec.group_rows, pool_link))
     return "\n".join(parts)
 
 
@@ -73,19 +75,16 @@ def _groups_table(rows: list[dict[str, Any]], pool_link: str) -> str:
             f"metrics.parquet, summary.json):</p><table><tr>{head}</tr>{body}</table>")
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
+def _read_record(path: Path) -> ExperimentRecord | None:
     """A verdicts.json, checked: a damaged one is set aside (renamed, with a warning) and None returned."""
     try:
-        rec = store.read_json(path)
-        if not isinstance(rec, dict) or not {"name", "title", "verdicts", "figures", "scale", "command"} <= set(rec):
-            raise ValueError("missing fields")
-        return rec
+        return ExperimentRecord.read(path)
     except (OSError, ValueError) as err:
         store.set_aside(path, f"damaged {path} ({err.__class__.__name__})")
         return None
 
 
-def _sweep_record(root: Path) -> dict[str, Any]:
+def _sweep_record(root: Path) -> ExperimentRecord:
     """A sweep directory as one report section: its LR-vs-loss figure and LR-sensitivity table, no claims."""
     import polars as pl
 
@@ -101,12 +100,12 @@ def _sweep_record(root: Path) -> dict[str, Any]:
     by = table.variant_columns(results)
     figures = plots.lr_vs_loss(results, root / "figures" / "lr_vs_loss", title=root.name)
     name = (store.read_json(root / "spec.json") or {}).get("name", root.name) if (root / "spec.json").exists() else root.name
-    return {"name": str(name), "title": f"sweep {name}", "scale": "", "command": f"proxyscale sweep ... --out {root}",
-            "seconds": 0.0, "figures": [str(p.relative_to(root)) for p in figures], "verdicts": [],
-            "sensitivity": sensitivity_frame(results, by).to_dicts()}
+    return ExperimentRecord(name=str(name), title=f"sweep {name}", scale="", command=f"proxyscale sweep ... --out {root}",
+                            seconds=0.0, figures=[str(p.relative_to(root)) for p in figures], verdicts=[],
+                            sensitivity=sensitivity_frame(results, by).to_dicts())
 
 
-def _monitor_record(root: Path) -> dict[str, Any]:
+def _monitor_record(root: Path) -> ExperimentRecord:
     """A monitored model (``proxyscale.monitor``) as one report section: its curves and its alarms."""
     import polars as pl
 
@@ -118,11 +117,10 @@ def _monitor_record(root: Path) -> dict[str, Any]:
     columns = [c for c in ("loss", *logits[:1], "log_z_mean", "grad_norm") if c in metrics.columns]
     figures = plots.curves_over_steps({info["model"]: metrics}, root / "figures" / "monitor", columns,
                                       f"monitor: {info['model']}", [False, True, False, True])
-    return {"name": "monitor", "title": f"Monitor: {info['model']} ({info['attention']})", "scale": "",
-            "command": "proxyscale.monitor.attach(...)", "seconds": 0.0, "figures": [str(p.relative_to(root))
-                                                                                  for p in figures],
-            "verdicts": [{"claim": a["cause"], "verdict": f"alarm at step {a['step']}", "detail": a["message"]}
-                         for a in alarms], "sensitivity": []}
+    return ExperimentRecord(name="monitor", title=f"Monitor: {info['model']} ({info['attention']})", scale="",
+                            command="proxyscale.monitor.attach(...)", seconds=0.0,
+                            figures=[str(p.relative_to(root)) for p in figures],
+                            verdicts=[Verdict(a["cause"], f"alarm at step {a['step']}", a["message"]) for a in alarms])
 
 
 def build(root: Path) -> Path:
@@ -148,9 +146,8 @@ def build(root: Path) -> Path:
             damaged.append(folder.name)
             continue
         sections.append(_section(folder, rec))
-        n_ok = sum(v["verdict"] == "reproduced" for v in rec["verdicts"])
-        summary.append({"experiment": rec["name"], "scale": rec["scale"], "claims reproduced": f"{n_ok}/{len(rec['verdicts'])}",
-                        "seconds": rec["seconds"]})
+        summary.append({"experiment": rec.name, "scale": rec.scale,
+                        "claims reproduced": f"{rec.reproduced}/{len(rec.verdicts)}", "seconds": rec.seconds})
     note = (f"<p class='no'>damaged and set aside (rerun to rebuild): {html.escape(', '.join(damaged))}</p>"
             if damaged else "")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>proxyscale report</title><style>{CSS}</style>"

@@ -14,6 +14,7 @@ from . import claims as claims_mod
 from . import experiments as catalogue
 from . import loggers, plots, store, sweep, table
 from .config import ConfigError
+from .records import ExperimentRecord, Verdict
 
 SCALES = catalogue.SCALES
 
@@ -104,8 +105,8 @@ def group_rows(results: pl.DataFrame, groups: list[sweep.Group], pool: Path) -> 
 
 
 def reproduce(name: str, scale: str, out: Path, workers: int | None = None, progress: Any = None,
-              executor: dict[str, Any] | None = None, log_to: str | None = None) -> dict[str, Any]:
-    """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json."""
+              executor: dict[str, Any] | None = None, log_to: str | None = None) -> ExperimentRecord:
+    """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json (its record)."""
     exp = load(name)
     spec = sweep_spec(exp, scale, log_to)
     groups, exp_out, pool, ex = sweep.prepare(spec, out / name, out / "groups", {"workers": workers, **(executor or {})})
@@ -115,7 +116,7 @@ def reproduce(name: str, scale: str, out: Path, workers: int | None = None, prog
 
 
 def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], groups: list[sweep.Group],
-                      exp_out: Path, pool: Path, executor: Any, progress: Any) -> dict[str, Any]:
+                      exp_out: Path, pool: Path, executor: Any, progress: Any) -> ExperimentRecord:
     name = exp["name"]
     start = time.perf_counter()
     results = sweep.run_locked(spec, groups, exp_out, pool, executor, progress)
@@ -126,14 +127,13 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
     # from-scratch cost: the training time of every group this experiment needs, shared ones included
     train_seconds = sum(store.read_json(pool / gid / "summary.json").get("seconds", 0.0)
                         for gid in results["group"].unique().to_list())
-    record = {"name": name, "title": exp["title"], "paper": exp.get("paper", ""), "scale": scale,
-              "why": exp["scales"][scale].get("why", ""), "command": f"proxyscale reproduce {name} --scale {scale}",
-              "seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - start, 1),
-              "groups": results["group"].n_unique(), "runs": results.height, "figures": figures,
-              "group_rows": group_rows(results, groups, pool),
-              "verdicts": [{"claim": v.claim, "verdict": v.label, "detail": v.detail} for v in verdicts],
-              "sensitivity": sens.to_dicts()}
-    store.write_json(exp_out / "verdicts.json", record)
+    record = ExperimentRecord(
+        name=name, title=exp["title"], paper=exp.get("paper", ""), scale=scale, why=exp["scales"][scale].get("why", ""),
+        command=f"proxyscale reproduce {name} --scale {scale}", seconds=round(train_seconds, 1),
+        wall_seconds=round(time.perf_counter() - start, 1), groups=results["group"].n_unique(), runs=results.height,
+        figures=figures, group_rows=group_rows(results, groups, pool),
+        verdicts=[Verdict(v.claim, v.label, v.detail) for v in verdicts], sensitivity=sens.to_dicts())
+    record.write(exp_out / "verdicts.json")
     return record
 
 

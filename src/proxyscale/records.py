@@ -1,0 +1,97 @@
+"""Typed records for what crosses modules through files: an experiment's verdicts (``verdicts.json``, written by
+``reproduce``, ``forecast`` and the report's sweep and monitor sections, read by ``report`` and ``docs``) and the
+verdicts of a forecast keyed by cause. Each is a dataclass with ``to_json``/``from_json``; ``write``/``read`` go
+through the run store (atomic writes; a record that does not parse is ``ValueError``, which the readers turn into
+"damaged, set aside"). No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import store
+
+
+@dataclass
+class Verdict:
+    """One claim and what the runs said of it: ``reproduced`` / ``not reproduced`` (claims), a forecast's
+    ``likely`` / ``possible`` / ``unlikely`` / ``cannot forecast``, or a monitor's ``alarm at step s``."""
+
+    claim: str
+    verdict: str
+    detail: str = ""
+
+    @property
+    def reproduced(self) -> bool:
+        return self.verdict == "reproduced"
+
+
+@dataclass
+class ExperimentRecord:
+    """``DIR/<experiment>/verdicts.json``: one section of the report."""
+
+    name: str
+    title: str
+    scale: str
+    command: str
+    seconds: float  # training time of every group it needs, shared ones included (0 where nothing trained)
+    figures: list[str]  # paths relative to the record's folder
+    verdicts: list[Verdict]
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # the LR-sensitivity table's rows
+    paper: str = ""
+    why: str = ""
+    wall_seconds: float | None = None
+    groups: int | None = None
+    runs: int | None = None
+    group_rows: list[dict[str, Any]] = field(default_factory=list)  # reproduce.group_rows
+
+    REQUIRED = ("name", "title", "scale", "command", "seconds", "figures", "verdicts")
+
+    @property
+    def reproduced(self) -> int:
+        return sum(v.reproduced for v in self.verdicts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ExperimentRecord:
+        """The record, or ValueError naming what is missing or malformed."""
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping")
+        missing = [k for k in cls.REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"missing fields: {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            verdicts = [Verdict(**v) for v in raw["verdicts"]]
+        except TypeError as err:
+            raise ValueError(f"verdicts: {err}") from None
+        return cls(**{**{k: v for k, v in raw.items() if k in known}, "verdicts": verdicts})
+
+    def write(self, path: Path) -> None:
+        store.write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> ExperimentRecord:
+        """``path`` parsed; OSError or ValueError (a damaged file) for the caller to set aside."""
+        return cls.from_json(store.read_json(path))
+
+
+ATTENTION_LOGIT_GROWTH = "attention-logit growth"  # paper §3.1.1
+OUTPUT_LOGIT_DIVERGENCE = "output-logit divergence"  # §3.1.2
+UPDATE_COLLAPSE = "update collapse from ε"  # §3.4
+DIVERGENCE_AT_LR = "divergence or degradation at the target LR"  # §3
+FORECAST_CAUSES = (ATTENTION_LOGIT_GROWTH, OUTPUT_LOGIT_DIVERGENCE, UPDATE_COLLAPSE, DIVERGENCE_AT_LR)
+"""The causes a forecast gives a verdict on, in the order it prints them (``forecast.forecast``)."""
+
+
+def verdicts_by_cause(verdicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A forecast's verdicts keyed by their cause; ValueError when a cause is missing or unknown."""
+    by = {v["cause"]: v for v in verdicts}
+    if set(by) != set(FORECAST_CAUSES):
+        raise ValueError(f"forecast verdicts: causes {sorted(by)}; expected {list(FORECAST_CAUSES)}")
+    return by

@@ -1,0 +1,27 @@
+"""Typed records: what reproduce, forecast and the report's sections write is what report and docs read back."""
+
+import pytest
+
+from proxyscale import records
+
+
+def test_an_experiment_record_round_trips_and_a_damaged_one_is_named(tmp_path):
+    rec = records.ExperimentRecord(name="fig1", title="Fig 1", scale="micro", command="proxyscale reproduce fig1",
+                                   seconds=12.5, figures=["figures/a.png"],
+                                   verdicts=[records.Verdict("qk-LN lowers it", "reproduced", "0.2 vs 0.4"),
+                                             records.Verdict("grows with N", "not reproduced", "")],
+                                   sensitivity=[{"label.size": "d32-L1", "lr_sensitivity": 0.3}], groups=6)
+    rec.write(tmp_path / "verdicts.json")
+    back = records.ExperimentRecord.read(tmp_path / "verdicts.json")
+    assert back == rec and back.reproduced == 1 and "wall_seconds" not in rec.to_json()  # unset fields not written
+    for bad in ([1, 2], {"name": "x"}, {**rec.to_json(), "verdicts": [{"claim": "c", "oops": 1}]}):
+        with pytest.raises(ValueError):
+            records.ExperimentRecord.from_json(bad)
+
+
+def test_forecast_verdicts_are_keyed_by_cause():
+    verdicts = [{"cause": c, "verdict": "unlikely"} for c in reversed(records.FORECAST_CAUSES)]
+    by = records.verdicts_by_cause(verdicts)
+    assert by[records.ATTENTION_LOGIT_GROWTH]["cause"] == records.ATTENTION_LOGIT_GROWTH  # not by position
+    with pytest.raises(ValueError, match="causes"):
+        records.verdicts_by_cause(verdicts[:3])
