@@ -363,6 +363,8 @@ def _validate(cfg: GroupConfig) -> None:
         raise ConfigError(f"train.device: got {t.device!r}; valid: auto, cpu, cuda, cuda:N")
     if o.min_lr < 0:
         raise ConfigError(f"optim.min_lr: must be >= 0, got {o.min_lr}")
+    from .data import parse_vocab  # the tokenizer's module owns the vocab (no torch there at import)
+
     parse_vocab(m.vocab)
     for member in cfg.member_list():
         where = "members" if cfg.members else "optim"
@@ -383,17 +385,6 @@ def _validate(cfg: GroupConfig) -> None:
             raise ConfigError(f"members.seed: must be in [0, 2^32), got {member.seed}")
     if not 0 <= o.beta1 < 1:
         raise ConfigError(f"optim.beta1: must be in [0, 1), got {o.beta1}")
-
-
-def parse_vocab(vocab: str) -> int | None:
-    """``byte`` → None (byte-level, 256); ``bpe:N`` or ``N`` → N (a BPE of that size)."""
-    text = str(vocab).strip().lower()
-    if text == "byte":
-        return None
-    number = text.removeprefix("bpe:")
-    if number.isdigit() and 260 <= int(number) <= 1_000_000:
-        return int(number)
-    raise ConfigError(f"model.vocab: got {vocab!r}; valid: byte, bpe:N or N with 260 <= N (e.g. bpe:4096)")
 
 
 def from_dict(raw: Any) -> GroupConfig:

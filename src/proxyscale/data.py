@@ -14,14 +14,34 @@ import json
 import os
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .config import ConfigError, DataConfig, parse_vocab
+if TYPE_CHECKING:
+    import torch
+
+from .config import ConfigError, DataConfig
 
 BYTE_VOCAB = 256
+
+
+def parse_vocab(vocab: str) -> int | None:
+    """``model.vocab``: ``byte`` → None (byte-level, ``BYTE_VOCAB``); ``bpe:N`` or ``N`` → N (a local BPE of that
+    size, trained by ``tokenizers`` on the corpus). The one place a vocab is read: the config validates with it."""
+    text = str(vocab).strip().lower()
+    if text == "byte":
+        return None
+    number = text.removeprefix("bpe:")
+    if number.isdigit() and 260 <= int(number) <= 1_000_000:
+        return int(number)
+    raise ConfigError(f"model.vocab: got {vocab!r}; valid: byte, bpe:N or N with 260 <= N (e.g. bpe:4096)")
+
+
+def vocab_size(vocab: str) -> int:
+    """The size of the vocabulary ``model.vocab`` names (256 bytes, or the BPE's N)."""
+    return parse_vocab(vocab) or BYTE_VOCAB
 EVAL_SEED = 2**31 - 1  # the validation windows are the same for every group, whatever its train.seed
 
 
@@ -255,6 +275,8 @@ class Batches:
     def _windows(self, tokens: np.ndarray, seed: int) -> torch.Tensor:
         gen = np.random.default_rng(seed)
         starts = gen.integers(0, len(tokens) - self.cfg.seq_len - 1, size=self.cfg.batch_size)
+        import torch  # here: the tokenizer half of this module (parse_vocab, vocab_size) is read without torch
+
         xy = torch.from_numpy(tokens[starts[:, None] + self.offsets].astype(np.int64))  # [B, T + 1]
         if self.device.type == "cuda":
             return xy.pin_memory().to(self.device, non_blocking=True)

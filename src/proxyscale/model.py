@@ -196,8 +196,9 @@ class ProxyGPT:
                 x, layer_stats = self.block(params, i, x, cos, sin, record)
             stats.append(layer_stats)
         x = _norm(x, params["ln_f"], self.cfg.norm)
-        # tied: the output layer is the embedding, here in the compute dtype like every other matmul weight
-        unembed = params["embed"].to(dtype).transpose(1, 2) if self.cfg.tied_embeddings else params["unembed"]  # [K, D, V]
+        # tied (no ``unembed`` tensor: param_specs decides): the output layer is the embedding, here in the compute
+        # dtype like every other matmul weight
+        unembed = params["unembed"] if "unembed" in params else params["embed"].to(dtype).transpose(1, 2)  # [K, D, V]
         logits = _linear(x, unembed)
         if not record:
             return logits, None
@@ -214,12 +215,13 @@ class ProxyGPT:
         # q, k and v from one matmul against [wq | wk | wv] (a [K, D, 3D] copy of the small weights per step)
         wqkv = torch.cat([params[p + "wq"], params[p + "wk"], params[p + "wv"]], dim=2)
         q, k, v = _linear(h, wqkv).view(K, B, T, 3, H, Dh).unbind(3)  # each [K, B, T, H, Dh]
-        if cfg.qk_layernorm == "head":  # one scale [Dh] shared by the heads (paper §3.1.2)
-            q = _norm(q, params[p + "q_norm"], "layernorm")
-            k = _norm(k, params[p + "k_norm"], "layernorm")
-        elif cfg.qk_layernorm == "width":  # over the whole width (Appendix E.8)
-            q = _norm(q.view(K, B, T, H * Dh), params[p + "q_norm"], "layernorm").view(K, B, T, H, Dh)
-            k = _norm(k.view(K, B, T, H * Dh), params[p + "k_norm"], "layernorm").view(K, B, T, H, Dh)
+        if p + "q_norm" in params:  # qk-layernorm: its scales exist (param_specs decides); their shape says how
+            q_norm, k_norm = params[p + "q_norm"], params[p + "k_norm"]  # [K, Dh] per head, or [K, D] over the width
+            if q_norm.shape[-1] == Dh:  # one scale [Dh] shared by the heads (paper §3.1.2)
+                q, k = _norm(q, q_norm, "layernorm"), _norm(k, k_norm, "layernorm")
+            else:  # over the whole width (Appendix E.8)
+                q = _norm(q.view(K, B, T, H * Dh), q_norm, "layernorm").view(K, B, T, H, Dh)
+                k = _norm(k.view(K, B, T, H * Dh), k_norm, "layernorm").view(K, B, T, H, Dh)
         if self.kappa is not None:  # κ transplant (paper §3.1.2): RMS over the head dim pinned to sqrt(κ)
             q = math.sqrt(self.kappa) * q * torch.rsqrt(q.float().square().mean(-1, keepdim=True) + 1e-12).to(q.dtype)
             k = math.sqrt(self.kappa) * k * torch.rsqrt(k.float().square().mean(-1, keepdim=True) + 1e-12).to(k.dtype)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store
-from .config import ConfigError, GroupConfig, parse_vocab
+from .config import ConfigError, GroupConfig
 from .device import train_flops_per_token
 from .progress import fmt_duration
 
@@ -67,9 +67,9 @@ class Plan:
 
 def vocab_size(cfg: GroupConfig) -> int:
     """The vocabulary a group will train with: the BPE size it names, or the 256 bytes."""
-    from .data import BYTE_VOCAB
+    from .data import vocab_size as of_vocab
 
-    return parse_vocab(cfg.model.vocab) or BYTE_VOCAB
+    return of_vocab(cfg.model.vocab)
 
 
 def group_plan(gid: str, cfg: GroupConfig, labels: dict[str, Any], pool: Path) -> GroupPlan:
