@@ -38,15 +38,6 @@ def test_best_lr():
     assert math.isnan(lr) and math.isnan(loss)
 
 
-def test_readme_config_reference_is_current():
-    from pathlib import Path
-
-    from proxyscale.docs import config_reference
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert config_reference() in readme, "run: python -m proxyscale.docs and paste into README.md"
-
-
 def test_power_law_fit_and_extrapolation_uncertainty():
     import numpy as np
 

@@ -1,0 +1,54 @@
+"""Every registered figure kind drawn once from one tiny real sweep, and the report built from typed records."""
+
+import polars as pl
+import pytest
+
+from proxyscale import plots, records, report, sweep
+
+ARGS = {  # kind: arguments beyond results/path/pool, as an experiment file would give them
+    "lr_vs_loss": {"panels": "model.qk_layernorm"},
+    "sensitivity_vs_n": {"lines": "model.qk_layernorm"},
+    "loss_curves": {},
+    "over_steps": {"lr": 1e-2, "lines": "model.qk_layernorm", "columns": ["loss", "attn_logit_max/0"],
+                   "logy": [False, True]},
+    "metric_vs": {"x": "member.lr", "y": ["final_eval_loss", "attn_logit_max/0"], "logy": [False, True]},
+    "prediction": {},
+}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("figs")
+    base = {"model": {"vocab": "byte"}, "data": {"corpus": "synthetic", "seq_len": 16, "batch_size": 2,
+                                                 "eval_batches": 1},
+            "train": {"steps": 10, "eval_every": 5, "threads": 1, "precision": "fp32"}, "optim": {"warmup": 2}}
+    spec = {"name": "figs", "base": base, "at_step": 6,
+            "sizes": [{"width": 16, "depth": 1, "heads": 1}, {"width": 32, "depth": 1, "heads": 1},
+                      {"width": 32, "depth": 2, "heads": 2}],
+            "axes": {"model.qk_layernorm": ["head", "off"]}, "members": {"lr": [1e-3, 1e-2, 1e-1]}}
+    return sweep.run_sweep(spec, tmp / "out"), tmp / "out"
+
+
+def test_every_figure_kind_is_drawn(ran):
+    results, out = ran
+    assert set(ARGS) == set(plots.FIGURES)
+    for kind, args in ARGS.items():
+        paths = plots.FIGURES[kind](results, out / "figures" / kind, title=kind, pool=out / "groups", **args)
+        assert paths and all(p.exists() and p.stat().st_size > 1000 for p in paths), kind
+
+
+def test_the_report_is_built_from_records(tmp_path):
+    exp = tmp_path / "fig1"
+    exp.mkdir()
+    records.ExperimentRecord(name="fig1", title="Fig 1: qk-layernorm", scale="micro", seconds=60.0,
+                             command="proxyscale reproduce fig1", figures=["figures/missing.png"],
+                             verdicts=[records.Verdict("sensitivity grows", "reproduced", "0.3 → 0.5")],
+                             sensitivity=[{"label.size": "d32-L1", "lr_sensitivity": 0.3}]).write(exp / "verdicts.json")
+    page = report.build(tmp_path).read_text()
+    assert "Fig 1: qk-layernorm" in page and "sensitivity grows" in page and "0.3 → 0.5" in page
+    assert "1/1" in page and "figures/missing.png is missing" in page
+    (tmp_path / "fig2").mkdir()
+    (tmp_path / "fig2" / "verdicts.json").write_text('{"name": "fig2"}')  # missing fields: damaged, set aside
+    assert "damaged and set aside" in report.build(tmp_path).read_text()
+    assert any(p.name.startswith("verdicts.json.damaged-") for p in (tmp_path / "fig2").iterdir())
+    assert pl.DataFrame(records.ExperimentRecord.read(exp / "verdicts.json").sensitivity).height == 1
