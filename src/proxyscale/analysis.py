@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-"""The paper's 7-point LR grid (§3)."""
+from .experiments import LR_GRIDS
+
+LR_GRID = LR_GRIDS["paper"]
+"""The paper's 7-point LR grid (§3): scales.yaml's ``paper`` grid, the catalogue's."""
 COUPLED_WINDOWS = ((1e-4, 1e-1), (3e-4, 3e-1))
 """For coupled weight decay the paper reports the minimum sensitivity over these two LR windows (§3)."""
 

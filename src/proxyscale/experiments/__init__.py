@@ -37,6 +37,10 @@ def read_scales() -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
+LR_GRIDS: dict[str, tuple[float, ...]] = {name: tuple(float(x) for x in grid)
+                                          for name, grid in read_scales()["lr_grids"].items()}
+"""The named LR grids of scales.yaml (``members: {lr: paper}``): ``paper`` is §3's 7 points, 3 per decade."""
+
 SCALES: tuple[str, ...] = tuple(read_scales()["scales"])
 """The scale names, in scales.yaml's order: micro (the two-minute look on a CPU), laptop (the headline claims on
 2 CPU cores), mini (one GPU), small (one 80 GB GPU), paper (a cluster)."""
