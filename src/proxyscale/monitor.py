@@ -27,7 +27,10 @@ Alarms, each with its cause and what the paper suggests: attention logits growin
 (§3.1.1: qk-layernorm, or a lower LR), log Z drifting by ``log_z_drift`` nats (§3.1.2: z-loss 1e-4), the gradient
 RMS within 10× of AdamW's ε (§3.4: a smaller ε), a loss spike (a lower LR, a longer warm-up), and, given a
 forecast (``proxyscale forecast``), the logit leaving the forecast's 80% band. ``on_alarm``: ``warn``, ``stop``
-(raise ``TrainingStopped``) or ``skip`` (``step`` returns False so the caller skips the update).
+(raise ``TrainingStopped``) or ``skip`` (``step`` returns False so the caller skips the update). The rules live in
+``Alarms``, which speaks once per cause and again only when the cause has worsened ``WORSENS``-fold; ``RunAlarms``
+runs them on a proxyscale group as a training callback, and ``trainer_callback`` / ``lightning_callback``
+(``integrations``) attach the monitor inside Hugging Face ``Trainer`` and Lightning.
 """
 
 from __future__ import annotations
