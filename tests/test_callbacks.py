@@ -21,7 +21,7 @@ class Recorder(callbacks.Callback):
         self.events.append(("end", step))
 
     def on_finish(self, summary):
-        self.events.append(("finish", summary["steps"]))
+        self.events.append(("finish", summary.steps))
 
 
 def test_each_point_is_called_in_order(make_raw, tmp_path):
@@ -29,7 +29,7 @@ def test_each_point_is_called_in_order(make_raw, tmp_path):
     rec = Recorder()
     summary, trained = train_group(cfg, tmp_path / "g", callbacks=[rec])
     assert trained and rec.events[0] == ("start", 0, True)  # ℓ0 is known when the first callback runs
-    assert rec.events[-1] == ("finish", 6) and summary["steps"] == 6
+    assert rec.events[-1] == ("finish", 6) and summary.steps == 6
     assert [e[1] for e in rec.events if e[0] == "end"] == list(range(6))
     logged = [(e[1], e[2]) for e in rec.events if e[0] == "logged"]
     assert logged[0] == (0, ["eval_loss"]) and logged[-1] == (6, ["eval_loss"])  # ℓ0 at step 0, the final eval

@@ -102,7 +102,7 @@ def test_micro_batched_step_equals_the_unchunked_step(tmp_path, make_raw, device
         raw = make_raw(data={"batch_size": 4}, train={"micro_batch_size": mb, "device": device, "compile": "off"},
                        members={"lr": lrs})
         summary, frames[mb] = run(tmp_path, raw, f"mb{mb}")
-        assert summary["micro_batch_size"] == (mb or 4)
+        assert summary.micro_batch_size == (mb or 4)
     for mb in (2, 1):
         for k in range(len(lrs)):
             assert_close(member_frame(frames[mb], k), member_frame(frames[0], k), 1e-4, (mb, k))
@@ -166,7 +166,7 @@ def test_diverged_members_stop_costing_compute_and_stay_frozen(tmp_path, make_ra
     cfg = config.from_dict(raw)
     group = GroupRun(cfg, tmp_path / "g")
     summary = group.run()
-    assert summary["members"][1]["diverged"] and not summary["members"][0]["diverged"]
+    assert summary.members[1]["diverged"] and not summary.members[0]["diverged"]
     assert group.rows is not None and group.rows.tolist() == [0]  # member 1 no longer computed
     df = group.log.frame().filter((pl.col("member") == 1) & (pl.col("step") > 3) & (pl.col("step") < 20))
     assert df["param_rms/embed"].n_unique() == 1 and df["loss"].n_unique() == 1  # frozen rows, repeated
@@ -178,8 +178,8 @@ def test_bf16_training_tracks_fp32(tmp_path, make_raw):
     for precision in ("fp32", "bf16"):
         summary, df = run(tmp_path, make_raw(train={"precision": precision, "steps": 30}, members={"lr": [1e-2, 3e-2]}),
                           precision)
-        finals[precision] = [m["final_eval_loss"] for m in summary["members"]]
-        assert summary["precision"] == precision
+        finals[precision] = [m["final_eval_loss"] for m in summary.members]
+        assert summary.precision == precision
     for a, b in zip(finals["fp32"], finals["bf16"]):
         assert math.isfinite(b) and abs(a - b) < 0.05, finals
 

@@ -25,3 +25,16 @@ def test_forecast_verdicts_are_keyed_by_cause():
     assert by[records.ATTENTION_LOGIT_GROWTH]["cause"] == records.ATTENTION_LOGIT_GROWTH  # not by position
     with pytest.raises(ValueError, match="causes"):
         records.verdicts_by_cause(verdicts[:3])
+
+
+def test_a_group_summary_round_trips_and_reads_summaries_written_before_device_was_recorded(make_raw, tmp_path):
+    from proxyscale import config
+    from proxyscale.train import train_group
+
+    summary, _ = train_group(config.from_dict(make_raw(train={"steps": 4, "eval_every": 2})), tmp_path / "g")
+    assert isinstance(summary, records.GroupSummary) and summary.steps == 4 and summary.device == "cpu"
+    assert records.GroupSummary.read(tmp_path / "g" / "summary.json") == summary
+    legacy = {k: v for k, v in summary.to_json().items() if k not in ("device", "threads")}
+    assert records.GroupSummary.from_json(legacy).device is None
+    with pytest.raises(ValueError, match="steps"):
+        records.GroupSummary.from_json({k: v for k, v in legacy.items() if k != "steps"})

@@ -85,7 +85,7 @@ def test_auto_threads_group_records_the_threads_it_took(tmp_path, make_raw):
 
     raw = make_raw(train={"threads": 0, "steps": 4, "eval_every": 2})
     summary, _ = train_group(config.from_dict(raw), tmp_path / "g", thread_cap=1)
-    assert summary["threads"] == 1 and summary["device"] == "cpu"
+    assert summary.threads == 1 and summary.device == "cpu"
 
 
 def test_a_sweep_worker_starts_at_its_share_and_may_grow_into_freed_cores(make_raw):

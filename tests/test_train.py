@@ -36,12 +36,12 @@ def test_member_isolation_nan_member_leaves_others_bit_identical(tmp_path, make_
     without = make_raw(members={"lr": [1e-2, 3e-2]})
     s1, a = run(tmp_path, with_nan, "with")
     s2, b = run(tmp_path, without, "without")
-    assert s1["members"][2]["diverged"] and not s1["members"][0]["diverged"]
+    assert s1.members[2]["diverged"] and not s1.members[0]["diverged"]
     for k in (0, 1):
         fa, fb = member_frame(a, k), member_frame(b, k)
         for col in fb.columns:
             assert fa[col].to_list() == fb[col].to_list(), col  # bit-identical
-        assert s1["members"][k]["final_eval_loss"] == s2["members"][k]["final_eval_loss"]
+        assert s1.members[k]["final_eval_loss"] == s2.members[k]["final_eval_loss"]
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, make_raw):
@@ -61,7 +61,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, make_raw):
     assert trained
     res = pl.read_parquet(tmp_path / "resumed" / "metrics.parquet")
     assert full.drop("tokens_per_s").equals(res.drop("tokens_per_s"))
-    assert [m["final_eval_loss"] for m in s_full["members"]] == [m["final_eval_loss"] for m in s_res["members"]]
+    assert [m["final_eval_loss"] for m in s_full.members] == [m["final_eval_loss"] for m in s_res.members]
     assert not (tmp_path / "resumed" / "checkpoint").exists()
     # a finished directory is left alone
     again, trained = train_group(cfg, tmp_path / "resumed")
@@ -78,17 +78,17 @@ def test_metrics_columns_and_summary(tmp_path, make_raw):
     ev = df.filter(pl.col("eval_loss").is_not_null())
     assert sorted(set(ev["step"].to_list())) == [0, 10, 20]
     l0 = ev.filter(pl.col("step") == 0)["eval_loss"].to_list()
-    assert [m["l0"] for m in summary["members"]] == pytest.approx(l0)
+    assert [m["l0"] for m in summary.members] == pytest.approx(l0)
     assert l0[0] == pytest.approx(math.log(256), abs=1.0)
-    row = summary["lr_sensitivity"][0]
+    row = summary.lr_sensitivity[0]
     assert row["lrs"] == [1e-3, 1e-2, 1e-1] and row["lr_sensitivity"] > 0
-    assert summary["n_params"] == 12 * 2 * 32 * 32 + 2 * (2 * 32 + 2 * 16) + 32
+    assert summary.n_params == 12 * 2 * 32 * 32 + 2 * (2 * 32 + 2 * 16) + 32
 
 
 def test_divergence_window_freezes_member(tmp_path, make_raw):
     raw = make_raw(train={"steps": 20, "divergence_margin": -100.0, "divergence_window": 3}, members={"lr": [1e-2]})
     summary, df = run(tmp_path, raw)
-    assert summary["members"][0]["diverged"] and summary["members"][0]["diverged_step"] == 2
+    assert summary.members[0]["diverged"] and summary.members[0]["diverged_step"] == 2
     m = df.filter(pl.col("step").is_between(5, 19))
     assert m["param_rms/embed"].n_unique() == 1  # frozen: no more updates
 

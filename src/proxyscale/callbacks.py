@@ -6,7 +6,8 @@ four points and knows nothing of what they do, so adding an observer touches no 
 - ``on_logged(step, columns)``: every row the metrics log records — a logged training step's columns, its
   throughput (``tokens_per_s``), an evaluation (``eval_loss``) — as host arrays ``{name: [K]}``;
 - ``on_step_end(step)``: after every optimizer step (raise ``KeyboardInterrupt`` here to stop, as the tests do);
-- ``on_finish(summary)``: once, with the group's summary (``summary.json``), after the final evaluation.
+- ``on_finish(summary)``: once, with the group's summary (``records.GroupSummary``: ``summary.json``), after the
+  final evaluation.
 
 A callback subclasses ``Callback`` and overrides what it needs. No torch here.
 """
@@ -31,7 +32,7 @@ class Callback:
     def on_step_end(self, step: int) -> None:
         pass
 
-    def on_finish(self, summary: dict[str, Any]) -> None:
+    def on_finish(self, summary: Any) -> None:
         pass
 
 
@@ -53,7 +54,7 @@ class Callbacks(Callback):
         for c in self.items:
             c.on_step_end(step)
 
-    def on_finish(self, summary: dict[str, Any]) -> None:
+    def on_finish(self, summary: Any) -> None:
         for c in self.items:
             c.on_finish(summary)
 
@@ -92,6 +93,6 @@ class Progress(Callback):
             self.progress.update(self.task, completed=step + 1, tps=float(columns["tokens_per_s"][0]),
                                  logit=self.logit)
 
-    def on_finish(self, summary: dict[str, Any]) -> None:
+    def on_finish(self, summary: Any) -> None:
         if self.task is not None:
             self.progress.update(self.task, completed=self.total)

@@ -28,6 +28,7 @@ from . import store  # noqa: E402
 from .config import MEMBER_SCALARS, ConfigError  # noqa: E402
 from .experiments import FORECAST_LADDERS, SCALES  # noqa: E402
 from .progress import Lines  # noqa: E402
+from .records import GroupSummary  # noqa: E402
 from .store import StoreError  # noqa: E402
 
 console = Console(stderr=False)
@@ -47,8 +48,8 @@ def _fmt(x: float | None) -> str:
     return "nan" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
 
 
-def print_summary(summary: dict, title: str) -> None:
-    members = summary["members"]
+def print_summary(summary: GroupSummary, title: str) -> None:
+    members = summary.members
     varying = [n for n in MEMBER_SCALARS if len({m[n] for m in members}) > 1]
     table = Table(title=title)
     table.add_column("member", justify="right")
@@ -61,7 +62,7 @@ def print_summary(summary: dict, title: str) -> None:
         table.add_row(str(m["member"]), *[f"{m[n]:g}" if not isinstance(m[n], bool) else str(m[n]) for n in varying],
                       _fmt(m["l0"]), _fmt(m["final_eval_loss"]), div)
     console.print(table)
-    for row in summary.get("lr_sensitivity", []):
+    for row in summary.lr_sensitivity:
         fixed = ", ".join(f"{n}={row[n]:g}" for n in varying if n != "lr" and n in row)
         lrs = ", ".join(f"{lr:g}" for lr in row["lrs"])
         console.print(f"LR sensitivity{' (' + fixed + ')' if fixed else ''} over LR {{{lrs}}}: "
@@ -98,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress.stop()
     if not trained:
         console.print(f"{out} already holds this finished group; nothing to do (delete it to train again)")
-    print_summary(summary, f"{out}: final eval loss per member (N = {summary['n_params']:,})")
+    print_summary(summary, f"{out}: final eval loss per member (N = {summary.n_params:,})")
     return 0
 
 

@@ -504,7 +504,7 @@ class RunAlarms(Callback):
         for k, rules in enumerate(self.members):
             rules.speak(rules.check(step, {n: columns[n][k] for n in names}))
 
-    def on_finish(self, summary: dict[str, Any]) -> None:
+    def on_finish(self, summary: Any) -> None:
         if self.out is not None:
             store.write_json(self.out / "alarms.json", [{"member": k, **a.__dict__} for k, m in enumerate(self.members)
                                                         for a in m.alarms])

@@ -1,6 +1,7 @@
-"""Typed records for what crosses modules through files: an experiment's verdicts (``verdicts.json``, written by
-``reproduce``, ``forecast`` and the report's sweep and monitor sections, read by ``report`` and ``docs``) and the
-verdicts of a forecast keyed by cause. Each is a dataclass with ``to_json``/``from_json``; ``write``/``read`` go
+"""Typed records for what crosses modules through files: a group's summary (``summary.json``, written by ``train``,
+read by the results table, ``reproduce``, ``sweep`` and the CLI), an experiment's verdicts (``verdicts.json``,
+written by ``reproduce``, ``forecast`` and the report's sweep and monitor sections, read by ``report`` and ``docs``)
+and the verdicts of a forecast keyed by cause. Each is a dataclass with ``to_json``/``from_json``; ``write``/``read`` go
 through the run store (atomic writes; a record that does not parse is ``ValueError``, which the readers turn into
 "damaged, set aside"). No torch here.
 """
@@ -13,6 +14,45 @@ from pathlib import Path
 from typing import Any
 
 from . import store
+
+
+@dataclass
+class GroupSummary:
+    """``DIR/summary.json`` of a finished group: what it was, what ran it, and per member its scalars, ℓ0, final
+    eval loss and divergence (``members``: one mapping per member, ``Member``'s fields and those four)."""
+
+    n_params: int  # non-embedding parameters N (paper §3)
+    vocab_size: int
+    steps: int
+    members: list[dict[str, Any]]
+    lr_sensitivity: list[dict[str, Any]] = field(default_factory=list)  # per group of LRs (train.sensitivity_table)
+    precision: str | None = None
+    compiled: bool | None = None
+    micro_batch_size: int | None = None
+    device: str | None = None  # absent from summaries written before it was recorded
+    threads: int | None = None
+    seconds: float | None = None
+    tokens_per_s: float | None = None
+
+    REQUIRED = ("n_params", "vocab_size", "steps", "members")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> GroupSummary:
+        """The summary, or ValueError naming what is missing."""
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping")
+        missing = [k for k in cls.REQUIRED if k not in raw]
+        if missing or not isinstance(raw["members"], list):
+            raise ValueError(f"missing fields: {', '.join(missing) or 'members'}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    @classmethod
+    def read(cls, path: Path) -> GroupSummary:
+        return cls.from_json(store.read_json(path))
 
 
 @dataclass

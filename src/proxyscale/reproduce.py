@@ -14,7 +14,7 @@ from . import claims as claims_mod
 from . import experiments as catalogue
 from . import loggers, plots, store, sweep, table
 from .config import ConfigError
-from .records import ExperimentRecord, Verdict
+from .records import ExperimentRecord, GroupSummary, Verdict
 
 SCALES = catalogue.SCALES
 
@@ -95,12 +95,11 @@ def group_rows(results: pl.DataFrame, groups: list[sweep.Group], pool: Path) -> 
     for g in groups:
         if g.id not in used:
             continue
-        summary = store.read_json(pool / g.id / "summary.json")
+        summary = GroupSummary.read(pool / g.id / "summary.json")
         rows.append({"group": g.id, "size": g.labels.get("size", ""),
                      "switches": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in g.labels.items() if k != "size"),
-                     "members": len(summary["members"]), "steps": summary["steps"],
-                     "precision": summary.get("precision"), "device": summary.get("device"),
-                     "threads": summary.get("threads"), "seconds": summary.get("seconds")})
+                     "members": len(summary.members), "steps": summary.steps, "precision": summary.precision,
+                     "device": summary.device, "threads": summary.threads, "seconds": summary.seconds})
     return rows
 
 
@@ -125,7 +124,7 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
     verdicts = claims_mod.evaluate(exp.get("claims", []), results)
     sens = sensitivity_table(results, exp)
     # from-scratch cost: the training time of every group this experiment needs, shared ones included
-    train_seconds = sum(store.read_json(pool / gid / "summary.json").get("seconds", 0.0)
+    train_seconds = sum(GroupSummary.read(pool / gid / "summary.json").seconds or 0.0
                         for gid in results["group"].unique().to_list())
     record = ExperimentRecord(
         name=name, title=exp["title"], paper=exp.get("paper", ""), scale=scale, why=exp["scales"][scale].get("why", ""),

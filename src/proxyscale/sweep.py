@@ -31,6 +31,7 @@ from .config import ConfigError, GroupConfig
 from .data import check_corpus
 from .executors import ExecutorConfig, connect_ray, cpus_per_group, executor_config
 from .executors import run as run_jobs
+from .records import GroupSummary
 from .store import StoreError
 from .threads import usable_cores
 
@@ -299,7 +300,7 @@ def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConf
     here = 0
     for gid, trained in finished:
         here += trained
-        seconds = store.read_json(pool / gid / "summary.json").get("seconds")
+        seconds = GroupSummary.read(pool / gid / "summary.json").seconds
         lines.group_finished(by_id[gid], seconds if trained else None)
         if queue:
             lines.group_started(queue.pop(0))

@@ -30,6 +30,7 @@ import polars as pl
 from . import config as config_mod
 from . import store
 from .config import GroupConfig
+from .records import GroupSummary
 
 LR_RTOL = 1e-9
 """Two learning rates (or any two float labels) are the same value when they agree to this relative tolerance."""
@@ -147,17 +148,17 @@ def member_rows(cfg: GroupConfig, gid: str, labels: dict[str, Any], folder: Path
     """One row per member of the finished group in ``folder``: labels, the group's flattened config, the member's
     scalars, ℓ0, final loss, flags and diagnostics averaged over the last ``tail_steps`` steps (default a fifth of
     the run, at most 500, paper §3)."""
-    summary = store.read_json(folder / "summary.json")
+    summary = GroupSummary.read(folder / "summary.json")
     metrics = pl.read_parquet(folder / "metrics.parquet")
-    steps = summary["steps"]
+    steps = summary.steps
     tail = tail_steps or max(1, min(500, steps // 5))
     last_block = f"block_rms/{cfg.model.depth - 1}"
     rows = []
-    for m in summary["members"]:
+    for m in summary.members:
         mine = metrics.filter(pl.col("member") == m["member"])
         window = mine.filter((pl.col("step") >= steps - tail) & (pl.col("step") < steps))
         row = _known_row(cfg, gid, labels, m["member"], m)
-        row.update({"n_params": summary["n_params"], "l0": m["l0"],
+        row.update({"n_params": summary.n_params, "l0": m["l0"],
                     "final_eval_loss": m["final_eval_loss"] if m["final_eval_loss"] is not None else float("nan"),
                     "diverged": m["diverged"], "diverged_step": m["diverged_step"]})
         for name in (*DIAGNOSTICS, last_block):

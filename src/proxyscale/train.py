@@ -35,6 +35,7 @@ from .diagnostics import MetricsLog, log_bytes, logged_columns
 from .losses import loss_parts, total_loss
 from .model import ProxyGPT, count_params, init_params, param_specs
 from .optim import BatchedAdamW, FlatParams
+from .records import GroupSummary
 
 
 @torch.no_grad()
@@ -254,7 +255,7 @@ class GroupRun:
         self.callbacks.on_logged(step, host)
         return host
 
-    def run(self, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    def run(self, callbacks: Sequence[Callback] = ()) -> GroupSummary:
         """Train to ``train.steps`` (from ``next_step``), calling ``callbacks`` (``callbacks`` module) as it goes;
         returns the summary. Calls ``start()`` first when the caller has not."""
         t = self.cfg.train
@@ -296,7 +297,7 @@ class GroupRun:
         self.callbacks.on_finish(summary)
         return summary
 
-    def summary(self, final: torch.Tensor) -> dict[str, Any]:
+    def summary(self, final: torch.Tensor) -> GroupSummary:
         assert self.l0 is not None
         l0, fin = self.l0.tolist(), final.tolist()
         frame = self.log.frame()
@@ -306,12 +307,13 @@ class GroupRun:
             ds = int(self.diverged_step[i])
             members.append({"member": i, **dataclasses.asdict(m), "l0": l0[i], "final_eval_loss": finite_or_none(fin[i]),
                              "diverged": ds >= 0, "diverged_step": ds if ds >= 0 else None})
-        return {"n_params": self.n_params, "vocab_size": self.vocab_size, "steps": self.cfg.train.steps,
-                "precision": self.precision, "compiled": self.compiled, "micro_batch_size": self.micro_batch,
-                "device": str(self.device), "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-                "seconds": round(self.seconds + time.perf_counter() - self._started, 2),
-                "members": members, "tokens_per_s": float(tps.median()) if len(tps) else None,
-                "lr_sensitivity": sensitivity_table(self.members, fin, l0)}
+        return GroupSummary(
+            n_params=self.n_params, vocab_size=self.vocab_size, steps=self.cfg.train.steps, precision=self.precision,
+            compiled=self.compiled, micro_batch_size=self.micro_batch, device=str(self.device),
+            threads=torch.get_num_threads() if self.device.type == "cpu" else None,
+            seconds=round(self.seconds + time.perf_counter() - self._started, 2), members=members,
+            tokens_per_s=float(tps.median()) if len(tps) else None,
+            lr_sensitivity=sensitivity_table(self.members, fin, l0))
 
 
 def _halve(micro_batch: int, batch: int) -> int:
@@ -321,7 +323,7 @@ def _halve(micro_batch: int, batch: int) -> int:
 
 def train_group(cfg: GroupConfig, out: str | Path, *, callbacks: Sequence[Callback] = (),
                 progress: Any = None, data: TokenData | None = None, wait: bool = False,
-                thread_cap: int | None = None, thread_max: int | None = None) -> tuple[dict[str, Any], bool]:
+                thread_cap: int | None = None, thread_max: int | None = None) -> tuple[GroupSummary, bool]:
     """Train one group into ``out``; returns (summary, trained_now). A finished ``out`` is left untouched.
     ``callbacks`` watch it train (``callbacks``), after the progress (``progress``: a rich Progress or
     ``progress.Lines``) and the loggers of ``train.log_to``.
@@ -353,15 +355,15 @@ def train_group(cfg: GroupConfig, out: str | Path, *, callbacks: Sequence[Callba
                     f"{run.micro_batch} (estimated {run.memory_estimate / 2**30:.1f} GiB); train fewer members per "
                     "group (split members.lr), a smaller model or batch, or set train.activation_checkpointing: "
                     "true; a rerun resumes from the last checkpoint") from None
-        store.finish(out, table.run_id(cfg), cfg.to_dict(), run.log.frame(), summary)
+        store.finish(out, table.run_id(cfg), cfg.to_dict(), run.log.frame(), summary.to_json())
         store.clear_checkpoint(out)
     return summary, True
 
 
-def _finished_summary(out: Path, cfg: GroupConfig) -> dict[str, Any]:
+def _finished_summary(out: Path, cfg: GroupConfig) -> GroupSummary:
     if not table.same_run(store.read_json(out / "config.json"), cfg):
         raise ConfigError(f"--out {out}: holds a finished run of a different config; choose another --out")
-    return store.read_json(out / "summary.json")
+    return GroupSummary.read(out / "summary.json")
 
 
 def finite_or_none(x: float) -> float | None:
