@@ -131,10 +131,15 @@ def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkey
         assert len(list((tmp_path / "o" / "groups").glob("*/tensorboard/m00_*"))) == 4
     out = " ".join(capsys.readouterr().out.split())
     assert "attention-logit growth:" in out and "update collapse from ε:" in out and "backtest" in out
-    rec = json.loads((tmp_path / "o" / "forecast" / "forecast.json").read_text())
-    assert rec["target"]["width"] == 512 and len(rec["verdicts"]) == 4 and rec["backtest"]["held_out_n"] > 0
-    assert all(v["verdict"] in ("likely", "possible", "unlikely", "cannot forecast") for v in rec["verdicts"])
-    assert math.isfinite(rec["n_target"]) and (tmp_path / "o" / "forecast" / "figures" / "trends.png").exists()
+    from proxyscale.records import FORECAST_CAUSES, ForecastRecord
+
+    rec = ForecastRecord.read(tmp_path / "o" / "forecast")
+    assert rec.target["width"] == 512 and len(rec.verdicts) == 4 and rec.backtest["held_out_n"] > 0
+    assert all(rec.verdict(c)["verdict"] in ("likely", "possible", "unlikely", "cannot forecast")
+               for c in FORECAST_CAUSES)
+    assert "fit" not in json.loads((tmp_path / "o" / "forecast" / "forecast.json").read_text())["trends"].get(
+        "attn_logit_max/0", {})  # the fits stay in memory
+    assert math.isfinite(rec.n_target) and (tmp_path / "o" / "forecast" / "figures" / "trends.png").exists()
     page = (tmp_path / "o" / "report.html").read_text()
     assert "Forecast: d512-L8" in page and "attention-logit growth" in page
 

@@ -38,3 +38,16 @@ def test_a_group_summary_round_trips_and_reads_summaries_written_before_device_w
     assert records.GroupSummary.from_json(legacy).device is None
     with pytest.raises(ValueError, match="steps"):
         records.GroupSummary.from_json({k: v for k, v in legacy.items() if k != "steps"})
+
+
+def test_a_forecast_record_drops_fits_and_reads_back(tmp_path):
+    rec = records.ForecastRecord(n_target=1e9, lr=0.01, verdicts=[{"cause": c, "verdict": "unlikely"}
+                                                                   for c in records.FORECAST_CAUSES],
+                                 trends={"attn_logit_max/0": {"ok": True, "value": 5.0, "high": float("inf"),
+                                                              "fit": {"coef": [1.0]}}})
+    rec.write(tmp_path / "forecast.json")
+    back = records.ForecastRecord.read(tmp_path)
+    assert back.trends["attn_logit_max/0"] == {"ok": True, "value": 5.0, "high": None}  # no fit; inf as null
+    assert back.verdict(records.UPDATE_COLLAPSE)["verdict"] == "unlikely" and back.backtest is None
+    with pytest.raises(ValueError, match="verdicts"):
+        records.ForecastRecord.from_json({"n_target": 1.0, "lr": 0.1, "trends": {}})

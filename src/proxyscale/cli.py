@@ -295,18 +295,18 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     with _group_progress() as progress:
         rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
                            executor=_executor(args), log_to=args.log_to)
-    t = rec["target"]
+    t = rec.target
     console.rule(f"forecast: d{t['width']}-L{t['depth']} (N = {t['n']:,.0f}) at LR {t['lr']:g}, "
                  f"from the {args.scale} ladder")
     colours = {"likely": "red", "possible": "yellow", "unlikely": "green"}
-    for v in rec["verdicts"]:
+    for v in rec.verdicts:
         colour = colours.get(v["verdict"], "white")
         console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {v['detail']}", highlight=False)
-    sens = rec["lr_sensitivity"]
+    sens = rec.lr_sensitivity
     if sens.get("ok"):
         console.print(f"LR sensitivity at the target's N: {sens['value']:.3g} (80% interval {sens['low']:.3g}–"
                       f"{sens['high']:.3g})")
-    bt = rec.get("backtest")
+    bt = rec.backtest
     if bt:
         console.print(backtest_table(bt))
     console.print(f"{out / 'forecast' / 'forecast.json'}; report: {report.build(out)}")

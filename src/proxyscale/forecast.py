@@ -23,7 +23,6 @@ says so instead of printing a number. ``backtest`` holds out the ladder's larges
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from . import store, sweep, table
+from . import sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
 from .config import ConfigError, GroupConfig
 from .experiments import FORECAST_LADDERS
@@ -44,6 +43,7 @@ from .records import (
     OUTPUT_LOGIT_DIVERGENCE,
     UPDATE_COLLAPSE,
     ExperimentRecord,
+    ForecastRecord,
     Verdict,
     verdicts_by_cause,
 )
@@ -311,9 +311,10 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
 # ---- the command -------------------------------------------------------------------------------------------------------
 
 def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, progress: Any = None,
-        executor: dict[str, Any] | None = None, log_to: str | None = None) -> dict[str, Any]:
+        executor: dict[str, Any] | None = None, log_to: str | None = None) -> ForecastRecord:
     """Train (or reuse) the ladder, forecast the target, write ``out/forecast/`` (forecast.json, verdicts.json for
-    the report, figures); with ``do_backtest`` also score the forecast on the held-out largest size."""
+    the report, figures) and return the forecast's record; with ``do_backtest`` also score the forecast on the
+    held-out largest size."""
     from . import plots
 
     target = load_target(target_path)
@@ -335,25 +336,14 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
         record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)
     folder = out / "forecast"
     folder.mkdir(parents=True, exist_ok=True)
-    figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")
-    store.write_json(folder / "forecast.json", _jsonable(record))
+    figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")  # the fits: in memory only
+    result = ForecastRecord(**record)
+    result.write(folder / "forecast.json")
     ExperimentRecord(
         name="forecast", title=f"Forecast: d{m.width}-L{m.depth} ({n_target / 1e6:.3g}M) at LR {o.lr:g}",
         paper="Forecast from a proxy ladder (paper §3.5, Fig 9; §3.4, Fig 11).", scale=scale,
         command=f"proxyscale forecast {target_path} --scale {scale}", seconds=0.0,
         figures=[str(p.relative_to(folder)) for p in figures],
-        verdicts=[Verdict(v["cause"], v["verdict"], v["detail"]) for v in record["verdicts"]]
+        verdicts=[Verdict(v["cause"], v["verdict"], v["detail"]) for v in result.verdicts]
     ).write(folder / "verdicts.json")
-    return record
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items() if k != "fit"}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if dataclasses.is_dataclass(x):
-        return dataclasses.asdict(x)
-    return x
+    return result

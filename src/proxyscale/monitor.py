@@ -35,7 +35,6 @@ runs them on a proxyscale group as a training callback, and ``trainer_callback``
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -561,10 +560,9 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _forecast_high(path: str | Path) -> float | None:
     """The upper end of a forecast's 80% band for the layer-0 logit (``forecast.json`` or its folder)."""
-    p = Path(path)
-    p = p / "forecast.json" if p.is_dir() else p
-    rec = json.loads(p.read_text(encoding="utf-8"))
-    t = rec.get("trends", {}).get("attn_logit_max/0", {})
+    from .records import ForecastRecord
+
+    t = ForecastRecord.read(Path(path)).trends.get("attn_logit_max/0", {})
     return t.get("high") if t.get("ok") else None
 
 

@@ -121,6 +121,70 @@ class ExperimentRecord:
         return cls.from_json(store.read_json(path))
 
 
+def jsonable(x: Any) -> Any:
+    """``x`` as JSON can hold it: fits (``analysis.fit_log`` coefficients, kept in memory for the figures) dropped,
+    non-finite floats as null, dataclasses as mappings."""
+    import math
+
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items() if k != "fit"}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(dataclasses.asdict(x))
+    return x
+
+
+@dataclass
+class ForecastRecord:
+    """``DIR/forecast/forecast.json``: the forecast of one target run from a proxy ladder (``forecast.forecast``):
+    each diagnostic's trend and its value at the target's N with an 80% interval (``trends``: ``{column: {ok, value,
+    low, high, points, ...}}`` or ``{ok: false, why}``), the divergence LR and LR-sensitivity trends, the thresholds
+    judged against, one verdict per cause, and what was forecast from what."""
+
+    n_target: float
+    lr: float
+    trends: dict[str, dict[str, Any]]
+    verdicts: list[dict[str, Any]]  # {cause, verdict, value, low, high, threshold, detail}: ``verdict(cause)``
+    divergence_lr: dict[str, Any] = field(default_factory=dict)
+    lr_sensitivity: dict[str, Any] = field(default_factory=dict)
+    logit_threshold: float | None = None
+    logit_threshold_source: str = ""
+    log_z_threshold: float | None = None
+    target: dict[str, Any] = field(default_factory=dict)
+    ladder: dict[str, Any] = field(default_factory=dict)
+    backtest: dict[str, Any] | None = None
+
+    REQUIRED = ("n_target", "lr", "trends", "verdicts")
+
+    def verdict(self, cause: str) -> dict[str, Any]:
+        return verdicts_by_cause(self.verdicts)[cause]
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable({k: v for k, v in dataclasses.asdict(self).items() if v is not None or k == "log_z_threshold"})
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ForecastRecord:
+        if not isinstance(raw, dict):
+            raise ValueError("not a mapping")
+        missing = [k for k in cls.REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"missing fields: {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def write(self, path: Path) -> None:
+        store.write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> ForecastRecord:
+        """``forecast.json`` (or the folder holding it) parsed; OSError or ValueError when it cannot be."""
+        path = Path(path)
+        return cls.from_json(store.read_json(path / "forecast.json" if path.is_dir() else path))
+
+
 ATTENTION_LOGIT_GROWTH = "attention-logit growth"  # paper §3.1.1
 OUTPUT_LOGIT_DIVERGENCE = "output-logit divergence"  # §3.1.2
 UPDATE_COLLAPSE = "update collapse from ε"  # §3.4
