@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from .experiments import LR_GRIDS
+from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS
 
 LR_GRID = LR_GRIDS["paper"]
 """The paper's 7-point LR grid (§3): scales.yaml's ``paper`` grid, the catalogue's."""
@@ -105,15 +106,15 @@ def sensitivity_frame(results, by: Sequence[str]):
 
     rows = []
     for key, part in results.group_by(list(by), maintain_order=True):
-        part = part.sort("member.lr")
-        lrs, losses = part["member.lr"].to_list(), part["final_eval_loss"].fill_null(float("nan")).to_list()
-        l0 = part["l0"].to_list()
+        part = part.sort(LR)
+        lrs, losses = part[LR].to_list(), part[FINAL_LOSS].fill_null(float("nan")).to_list()
+        l0 = part[L0].to_list()
         coupled = "member.independent_weight_decay" in part.columns and not part["member.independent_weight_decay"][0]
         sens = lr_sensitivity_coupled(lrs, losses, l0) if coupled else lr_sensitivity(losses, l0)
         lr_star, loss_star = best_lr(lrs, losses)
         below, above = lr_sensitivity_split(lrs, losses, l0) if not coupled else (None, None)
-        rows.append({**dict(zip(by, key)), "n_params": part["n_params"][0], "lr_sensitivity": sens,
+        rows.append({**dict(zip(by, key)), N_PARAMS: part[N_PARAMS][0], "lr_sensitivity": sens,
                      "sensitivity_below_best": below, "sensitivity_above_best": above,
                      "best_lr": lr_star, "best_loss": loss_star, "lrs": len(lrs),
-                     "diverged": int(part["diverged"].sum())})
+                     DIVERGED: int(part[DIVERGED].sum())})
     return pl.DataFrame(rows).sort(list(by))

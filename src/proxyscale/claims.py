@@ -15,7 +15,7 @@ import polars as pl
 from . import instability, table
 from .analysis import sensitivity_frame
 from .config import ConfigError, check_call
-from .table import col, is_
+from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col, is_
 
 
 @dataclass
@@ -37,18 +37,18 @@ def check(fn: Callable[..., tuple[bool, str]]) -> Callable[..., tuple[bool, str]
     return fn
 
 
-def _sens(results: pl.DataFrame, axis: str, per: str = "label.size") -> pl.DataFrame:
-    keys = list(dict.fromkeys(["label.size", col(per), col(axis)]))
-    return sensitivity_frame(results, keys).sort("n_params")
+def _sens(results: pl.DataFrame, axis: str, per: str = SIZE) -> pl.DataFrame:
+    keys = list(dict.fromkeys([SIZE, col(per), col(axis)]))
+    return sensitivity_frame(results, keys).sort(N_PARAMS)
 
 
 def _paired(results: pl.DataFrame, axis: str, a: Any, b: Any, column: str = "lr_sensitivity",
-            per: str = "label.size") -> tuple[list[Any], list[float], list[float]]:
+            per: str = SIZE) -> tuple[list[Any], list[float], list[float]]:
     """Per ``per`` group (sorted by N): (keys, column with axis == a, column with axis == b) of the sensitivity frame."""
     s, p = _sens(results, axis, per), col(per)
-    left = s.filter(is_(axis, a)).select(p, "n_params", pl.col(column).alias("a"))
+    left = s.filter(is_(axis, a)).select(p, N_PARAMS, pl.col(column).alias("a"))
     right = s.filter(is_(axis, b)).select(p, pl.col(column).alias("b"))
-    both = left.join(right, on=p).sort("n_params")
+    both = left.join(right, on=p).sort(N_PARAMS)
     return both[p].to_list(), both["a"].to_list(), both["b"].to_list()
 
 
@@ -60,7 +60,7 @@ def _wins(xs: list[float], ys: list[float], at_least: str) -> bool:
 
 @check
 def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "all",
-                      per: str = "label.size", where: dict[str, Any] | None = None) -> tuple[bool, str]:
+                      per: str = SIZE, where: dict[str, Any] | None = None) -> tuple[bool, str]:
     """The LR sensitivity with ``axis == better`` is below that with ``axis == worse`` in every ``per`` group
     (every size by default; ``at_least: most`` for a majority)."""
     keys, xs, ys = _paired(table.where(results, where), axis, better, worse, per=per)
@@ -73,7 +73,7 @@ def sensitivity_increases_with_n(results: pl.DataFrame, axis: str, value: Any) -
     """With ``axis == value``, the LR sensitivity of the largest size exceeds that of the smallest."""
     s = _sens(results, axis).filter(is_(axis, value))
     vals = s["lr_sensitivity"].to_list()
-    detail = ", ".join(f"{n / 1e3:.0f}k: {v:.3f}" for n, v in zip(s["n_params"], vals))
+    detail = ", ".join(f"{n / 1e3:.0f}k: {v:.3f}" for n, v in zip(s[N_PARAMS], vals))
     return len(vals) >= 2 and vals[-1] > vals[0], f"{axis}={value}: sensitivity by N — {detail}"
 
 
@@ -87,7 +87,7 @@ def ratio_at_least(results: pl.DataFrame, column: str, axis: str, high: Any, low
         r = r.with_columns(pl.col(column).abs())
     r = r if lr is None else table.at_lr(r, lr)
     parts, ok = [], True
-    for size, part in r.group_by("label.size", maintain_order=True):
+    for size, part in r.group_by(SIZE, maintain_order=True):
         hi = part.filter(is_(axis, high))[column].mean()
         lo = part.filter(is_(axis, low))[column].mean()
         if hi is None or lo is None:
@@ -109,7 +109,7 @@ def _slope(x: list[float], y: list[float], logy: bool = True) -> float:
 
 
 @check
-def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | None = "label.size",
+def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | None = SIZE,
           where: dict[str, Any] | None = None, logy: bool = True) -> tuple[bool, str]:
     """The slope of ``column`` (log10 unless ``logy`` is false) against log10(``along``) has the sign ``sign``
     in every ``per`` group (per row means of ``column`` at each ``along`` value)."""
@@ -127,7 +127,7 @@ def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | 
 
 
 def _best_lrs(results: pl.DataFrame, axis: str, value: Any) -> pl.DataFrame:
-    return sensitivity_frame(results.filter(is_(axis, value)), ["label.size"]).sort("n_params")
+    return sensitivity_frame(results.filter(is_(axis, value)), [SIZE]).sort(N_PARAMS)
 
 
 @check
@@ -150,9 +150,9 @@ def best_lr_spread_smaller(results: pl.DataFrame, axis: str, narrower: Any, wide
 def best_lr_shifts_right(results: pl.DataFrame, axis: str, order: list[Any]) -> tuple[bool, str]:
     """At every size the best LR does not fall along ``order`` of ``axis`` values, and rises somewhere."""
     c = col(axis)
-    s = sensitivity_frame(results, ["label.size", c])
+    s = sensitivity_frame(results, [SIZE, c])
     ok, rose, parts = True, False, []
-    for size, part in s.group_by("label.size", maintain_order=True):
+    for size, part in s.group_by(SIZE, maintain_order=True):
         lrs = [part.filter(is_(axis, v))["best_lr"].item() for v in order]
         ok &= all(b >= a for a, b in zip(lrs, lrs[1:]))
         rose |= lrs[-1] > lrs[0]
@@ -177,7 +177,7 @@ def norms_explain_logits(results: pl.DataFrame, lr: float, axis: str, high: Any,
     reproduced when the norm-product ratio is at least the alignment ratio at every size."""
     r = table.at_lr(results, lr)
     parts, ok = [], True
-    for size, part in r.group_by("label.size", maintain_order=True):
+    for size, part in r.group_by(SIZE, maintain_order=True):
         hi, lo = part.filter(is_(axis, high)), part.filter(is_(axis, low))
         if hi.height == 0 or lo.height == 0:
             continue
@@ -204,8 +204,8 @@ def sensitivity_slope_larger(results: pl.DataFrame, axis: str, steeper: Any, fla
     s = _sens(results, axis)
     slopes = {}
     for v in (steeper, flatter):
-        part = s.filter(is_(axis, v)).sort("n_params")
-        slopes[v] = _slope(part["n_params"].to_list(), part["lr_sensitivity"].to_list(), logy=False)
+        part = s.filter(is_(axis, v)).sort(N_PARAMS)
+        slopes[v] = _slope(part[N_PARAMS].to_list(), part["lr_sensitivity"].to_list(), logy=False)
     return slopes[steeper] > slopes[flatter], "slope of LR sensitivity per decade of N — " + "; ".join(
         f"{axis}={v}: {slopes[v]:+.3f}" for v in (steeper, flatter))
 
@@ -222,8 +222,8 @@ def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, a
 def trains_at(results: pl.DataFrame, lr: float, where: dict[str, Any] | None = None, gain: float = 1.0) -> tuple[bool, str]:
     """Every run at LR ``lr`` (matching ``where``) finishes undiverged, ``gain`` nats or more below ℓ0."""
     r = table.at_lr(table.where(results, where), lr)
-    parts = [f"{row['label.size']}: {row['final_eval_loss']:.3f} (ℓ0 {row['l0']:.2f})" for row in r.iter_rows(named=True)]
-    ok = r.height > 0 and all((not row["diverged"]) and row["final_eval_loss"] <= row["l0"] - gain
+    parts = [f"{row[SIZE]}: {row[FINAL_LOSS]:.3f} (ℓ0 {row[L0]:.2f})" for row in r.iter_rows(named=True)]
+    ok = r.height > 0 and all((not row[DIVERGED]) and row[FINAL_LOSS] <= row[L0] - gain
                               for row in r.iter_rows(named=True))
     return ok, f"final loss at LR {lr:g} — " + "; ".join(parts)
 
@@ -243,22 +243,22 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int | None = None, degree
     # joined on the size label: qk-layernorm's scales make N differ slightly between the two variants
     r = instability.unstable(results.filter(is_(axis, value) & pl.col(column).is_not_null()), margin,
                              reference=results.filter(is_(axis, reference)))
-    sizes = r.select("n_params").unique().sort("n_params")["n_params"].to_list()
+    sizes = r.select(N_PARAMS).unique().sort(N_PARAMS)[N_PARAMS].to_list()
     fit_sizes = len(sizes) - 1 if fit_sizes is None else fit_sizes
     if not 1 <= fit_sizes < len(sizes):
         raise ValueError(f"fit_sizes={fit_sizes}: need at least one fitted and one held-out size, have {len(sizes)}")
     fit_n, held = sizes[:fit_sizes], sizes[fit_sizes]
-    fitted = r.filter(pl.col("n_params").is_in(fit_n))
+    fitted = r.filter(pl.col(N_PARAMS).is_in(fit_n))
     stable_max, unstable_min, _ = instability.separating(fitted, column)
     threshold = instability.threshold(fitted, column)
     rows = []
-    for lr in sorted(r["member.lr"].unique().to_list()):
+    for lr in sorted(r[LR].unique().to_list()):
         part = table.at_lr(r, lr)
-        pts = part.filter(pl.col("n_params").is_in(fit_n)).sort("n_params")
-        fit = fit_log(pts["n_params"].to_list(), pts[column].to_list(), degree)
+        pts = part.filter(pl.col(N_PARAMS).is_in(fit_n)).sort(N_PARAMS)
+        fit = fit_log(pts[N_PARAMS].to_list(), pts[column].to_list(), degree)
         b = instability.interval(fit, held)
         pred, lo, hi = b["value"], b["low"], b["high"]
-        meas = part.filter(pl.col("n_params") == held)
+        meas = part.filter(pl.col(N_PARAMS) == held)
         rows.append({"lr": lr, "predicted": pred, "low": lo, "high": hi,
                      "measured": meas[column].item() if meas.height else None,
                      "unstable": bool(meas["unstable"].item()) if meas.height else None,
@@ -366,9 +366,9 @@ def resolve(claim: dict[str, Any], planned: pl.DataFrame, where: str) -> dict[st
     if axis is not None and isinstance(args.get("order"), list):
         given["order"] = [one("order", v) for v in args["order"]]
     lr = args.get("lr")
-    if lr is not None and "member.lr" in rows.columns and table.at_lr(rows, float(lr)).height == 0:
+    if lr is not None and LR in rows.columns and table.at_lr(rows, float(lr)).height == 0:
         raise ConfigError(f"{text}: args.lr={lr:g} is not on the planned LR grid "
-                          f"({', '.join(f'{x:g}' for x in sorted(set(rows['member.lr'].to_list())))})")
+                          f"({', '.join(f'{x:g}' for x in sorted(set(rows[LR].to_list())))})")
     return {**claim, "args": given}
 
 

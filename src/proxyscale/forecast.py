@@ -47,6 +47,7 @@ from .records import (
     Verdict,
     verdicts_by_cause,
 )
+from .table import FINAL_LOSS, L0, LR, N_PARAMS, SIZE
 
 LADDERS = FORECAST_LADDERS
 """The ladder a scale forecasts from (scales.yaml's ``ladder``, via the experiments catalogue)."""
@@ -136,10 +137,10 @@ def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[fl
     best + ``margin`` (the grid's 3× steps would otherwise quantise the trend in N to the grid; paper §3's capped
     loss, min(ℓ, ℓ0), so a diverged run counts as ℓ0)."""
     out = []
-    for _size, part in rows.sort("member.lr").group_by("label.size", maintain_order=True):
-        lrs, bad = part["member.lr"].to_list(), part["unstable"].to_list()
-        gaps = [capped(loss if loss is not None else math.nan, l0) for loss, l0 in zip(part["final_eval_loss"],
-                                                                                      part["l0"])]
+    for _size, part in rows.sort(LR).group_by(SIZE, maintain_order=True):
+        lrs, bad = part[LR].to_list(), part["unstable"].to_list()
+        gaps = [capped(loss if loss is not None else math.nan, l0) for loss, l0 in zip(part[FINAL_LOSS],
+                                                                                      part[L0])]
         best = min(range(len(lrs)), key=lambda i: gaps[i])
         gaps = [g - gaps[best] for g in gaps]
         first = next((i for i in range(best + 1, len(lrs)) if bad[i]), None)
@@ -149,19 +150,19 @@ def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[fl
         frac = (margin - gaps[lo]) / (gaps[hi] - gaps[lo]) if gaps[hi] > gaps[lo] else 1.0
         frac = min(1.0, max(0.0, frac))  # a run flagged diverged with a loss under the margin: its own LR
         log_lr = math.log(lrs[lo]) + frac * (math.log(lrs[hi]) - math.log(lrs[lo]))
-        out.append((float(part["n_params"][0]), math.exp(log_lr)))
+        out.append((float(part[N_PARAMS][0]), math.exp(log_lr)))
     return sorted(out)
 
 
 def sensitivities(rows: pl.DataFrame) -> list[tuple[float, float]]:
     """(N, LR sensitivity) per size, as ``analysis.sensitivity_frame`` computes it (paper §3)."""
-    frame = sensitivity_frame(rows, ["label.size"])
-    return sorted(zip(frame["n_params"].cast(pl.Float64).to_list(), frame["lr_sensitivity"].to_list()))
+    frame = sensitivity_frame(rows, [SIZE])
+    return sorted(zip(frame[N_PARAMS].cast(pl.Float64).to_list(), frame["lr_sensitivity"].to_list()))
 
 
 def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float, float]]:
-    part = table.at_lr(rows, lr).sort("n_params")
-    return [(float(n), v) for n, v in zip(part["n_params"], part[column])]
+    part = table.at_lr(rows, lr).sort(N_PARAMS)
+    return [(float(n), v) for n, v in zip(part[N_PARAMS], part[column])]
 
 
 # ---- the forecast ----------------------------------------------------------------------------------------------------
@@ -173,11 +174,11 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
     div = trend(instability_lrs(rows), n_target)
     if not div["ok"] and len(div["points"]) < 3:  # say which sizes never turned unstable, and what would help
-        calm = sorted(set(rows["label.size"].to_list()) - set(rows.filter(pl.col("unstable"))["label.size"].to_list()))
+        calm = sorted(set(rows[SIZE].to_list()) - set(rows.filter(pl.col("unstable"))[SIZE].to_list()))
         if calm:
             its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
             div["why"] += (f"; {', '.join(calm)} stayed stable at every LR above {its} best, so {its} instability "
-                           f"{lie} above {max(rows['member.lr'].to_list()):g}: add higher LRs to see it")
+                           f"{lie} above {max(rows[LR].to_list()):g}: add higher LRs to see it")
     sens = trend(sensitivities(rows), n_target)
     logit_thr = threshold(rows, "attn_logit_max/0")
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
@@ -223,7 +224,7 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
     if not t["ok"]:
         return _cannot(cause, t)
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
-    safe = [x for x in sorted(set(rows["member.lr"].to_list()))
+    safe = [x for x in sorted(set(rows[LR].to_list()))
             if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n))["ok"] and tt["high"] < thr]
     advice = []
     if level != "unlikely":
@@ -278,14 +279,14 @@ def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
 
 def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float, qk: str) -> dict[str, Any]:
     """Hold out the largest size, forecast it from the others at every LR, compare with what it did."""
-    sizes = rows.select("n_params").unique().sort("n_params")["n_params"].to_list()
+    sizes = rows.select(N_PARAMS).unique().sort(N_PARAMS)[N_PARAMS].to_list()
     if len(sizes) < 4:
         return {"ok": False, "why": f"{len(sizes)} sizes: a backtest needs 3 to fit and 1 to hold out"}
     held = sizes[-1]
-    fit_rows = unstable(rows.filter(pl.col("n_params") < held))
-    truth = unstable(rows).filter(pl.col("n_params") == held)
+    fit_rows = unstable(rows.filter(pl.col(N_PARAMS) < held))
+    truth = unstable(rows).filter(pl.col(N_PARAMS) == held)
     out = []
-    for lr in sorted(truth["member.lr"].to_list()):
+    for lr in sorted(truth[LR].to_list()):
         f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk)
         measured = table.at_lr(truth, lr)
         by_cause = verdicts_by_cause(f["verdicts"])
@@ -330,7 +331,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     record["target"] = {"path": target_path, "width": m.width, "depth": m.depth, "heads": m.heads, "n": n_target,
                         "lr": o.lr, "steps": target.train.steps, "qk_layernorm": m.qk_layernorm, "z_loss": o.z_loss,
                         "weight_decay": o.weight_decay, "eps": o.eps}
-    record["ladder"] = {"scale": scale, "sizes": rows["label.size"].unique(maintain_order=True).to_list(),
+    record["ladder"] = {"scale": scale, "sizes": rows[SIZE].unique(maintain_order=True).to_list(),
                         "lrs": lr_grid(o.lr), "groups": results["group"].n_unique()}
     if do_backtest:
         record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)

@@ -23,6 +23,8 @@ from typing import Any
 
 import polars as pl
 
+from .table import DIVERGED, FINAL_LOSS, LR, SIZE
+
 UNSTABLE = "unstable"
 """The column ``unstable`` adds to a results table."""
 MARGIN = 0.1
@@ -60,15 +62,15 @@ def unstable(results: pl.DataFrame, margin: float = MARGIN, reference: pl.DataFr
     """``results`` with an ``unstable`` column (module docstring). ``reference``: rows of the same sizes and LRs
     under a stabilising intervention, matched on the size label and LR (the intervention may change N slightly)."""
     if reference is not None:
-        ref = reference.select("label.size", "member.lr", pl.col("final_eval_loss").alias("_ref"))
-        return results.join(ref, on=["label.size", "member.lr"], how="left").with_columns(
-            ((pl.col("final_eval_loss").fill_nan(1e9) > pl.col("_ref") + margin) | pl.col("diverged"))
+        ref = reference.select(SIZE, LR, pl.col(FINAL_LOSS).alias("_ref"))
+        return results.join(ref, on=[SIZE, LR], how="left").with_columns(
+            ((pl.col(FINAL_LOSS).fill_nan(1e9) > pl.col("_ref") + margin) | pl.col(DIVERGED))
             .fill_null(False).alias(UNSTABLE)).drop("_ref")
-    finite = results.with_columns(pl.col("final_eval_loss").fill_nan(None).alias("_loss"))
-    best = finite.sort("_loss", nulls_last=True).group_by("label.size").agg(
-        pl.col("_loss").first().alias("_best"), pl.col("member.lr").first().alias("_best_lr"))
-    return finite.join(best, on="label.size").with_columns(
-        (pl.col("diverged") | ((pl.col("member.lr") > pl.col("_best_lr"))
+    finite = results.with_columns(pl.col(FINAL_LOSS).fill_nan(None).alias("_loss"))
+    best = finite.sort("_loss", nulls_last=True).group_by(SIZE).agg(
+        pl.col("_loss").first().alias("_best"), pl.col(LR).first().alias("_best_lr"))
+    return finite.join(best, on=SIZE).with_columns(
+        (pl.col(DIVERGED) | ((pl.col(LR) > pl.col("_best_lr"))
                                & (pl.col("_loss").fill_null(1e9) > pl.col("_best") + margin))).alias(UNSTABLE)
     ).drop("_best", "_best_lr", "_loss")
 

@@ -21,7 +21,7 @@ import polars as pl  # noqa: E402
 from . import instability, store, table  # noqa: E402
 from .analysis import sensitivity_frame  # noqa: E402
 from .config import ConfigError, check_call  # noqa: E402
-from .table import col  # noqa: E402
+from .table import FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -89,11 +89,11 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
     for ax, v in zip(axes[0], values):
         part = results if panels is None else results.filter(table.is_(panels, v))
         for i, size in enumerate(sizes):
-            s = part.filter(pl.col("label.size") == size).sort("member.lr")
+            s = part.filter(pl.col(SIZE) == size).sort(LR)
             if s.height == 0:
                 continue
-            loss = [min(x, l0) if x == x else l0 for x, l0 in zip(s["final_eval_loss"], s["l0"])]
-            ax.plot(s["member.lr"], loss, marker="o", ms=3, color=cmap(i / max(1, len(sizes) - 1)), label=size)
+            loss = [min(x, l0) if x == x else l0 for x, l0 in zip(s[FINAL_LOSS], s[L0])]
+            ax.plot(s[LR], loss, marker="o", ms=3, color=cmap(i / max(1, len(sizes) - 1)), label=size)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_title(f"{panels} = {v}" if panels else title, fontsize=10)
@@ -109,11 +109,11 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
 def sensitivity_vs_n(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
                      lines: str) -> list[Path]:
     """LR sensitivity against non-embedding parameters N, one line per value of ``lines``."""
-    s = sensitivity_frame(results, ["label.size", col(lines)])
+    s = sensitivity_frame(results, [SIZE, col(lines)])
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for v in table.values(s, lines):
-        part = s.filter(table.is_(lines, v)).sort("n_params")
-        ax.plot(part["n_params"], part["lr_sensitivity"], marker="o", label=f"{lines} = {v}")
+        part = s.filter(table.is_(lines, v)).sort(N_PARAMS)
+        ax.plot(part[N_PARAMS], part["lr_sensitivity"], marker="o", label=f"{lines} = {v}")
     _style(ax, "non-embedding parameters N", "LR sensitivity", "LR sensitivity vs N")
     _label_sizes(ax, s)
     return _save(fig, path)
@@ -124,7 +124,7 @@ def _label_sizes(ax: Any, s: pl.DataFrame) -> None:
     decades that may not fall between the sizes at all. Sizes that differ in N only slightly (qk-layernorm's
     scales) share one tick."""
     ticks: dict[str, float] = {}
-    for size, n in s.sort("n_params").select("label.size", "n_params").iter_rows():
+    for size, n in s.sort(N_PARAMS).select(SIZE, N_PARAMS).iter_rows():
         ticks.setdefault(str(size), float(n))
     ax.set_xticks(list(ticks.values()))
     ax.set_xticklabels([label.replace(" (", "\n(") for label in ticks], fontsize=7)
@@ -138,10 +138,10 @@ def loss_curves(results: pl.DataFrame, path: Path, *, title: str = "", pool: Pat
     member scalar that varies, e.g. qk-layernorm on/off), one line per LR (viridis by LR), each a running mean
     over ``smooth`` of the run; the y range is capped at ℓ0, as the LR sensitivity counts a loss."""
     sizes = table.sizes(results)
-    variants = [c for c in table.variant_columns(results) if c != "label.size"]
+    variants = [c for c in table.variant_columns(results) if c != SIZE]
     keys = results.select(variants).unique(maintain_order=True).rows() if variants else [()]
     curves = table.curves(results, pool)
-    lrs = sorted(set(results["member.lr"].to_list()))
+    lrs = sorted(set(results[LR].to_list()))
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(len(keys), len(sizes), figsize=(3.4 * len(sizes), 2.6 * len(keys)), sharex=True,
                              sharey=True, squeeze=False)
@@ -152,12 +152,12 @@ def loss_curves(results: pl.DataFrame, path: Path, *, title: str = "", pool: Pat
             rows = rows.filter(pl.col(c).is_null() if v is None else pl.col(c) == v)
         for j, size in enumerate(sizes):
             ax = axes[i][j]
-            for r in rows.filter(pl.col("label.size") == size).sort("member.lr").iter_rows(named=True):
+            for r in rows.filter(pl.col(SIZE) == size).sort(LR).iter_rows(named=True):
                 d = curves[(r["group"], r["member"])].sort("step")
                 window = max(1, int(smooth * d.height))
                 y = d["loss"].rolling_mean(window, min_samples=1)
-                ax.plot(d["step"], y, lw=1, color=cmap(lrs.index(r["member.lr"]) / max(1, len(lrs) - 1)),
-                        label=f"{r['member.lr']:g}")
+                ax.plot(d["step"], y, lw=1, color=cmap(lrs.index(r[LR]) / max(1, len(lrs) - 1)),
+                        label=f"{r[LR]:g}")
                 low = min(low, float(y.min())) if y.len() and y.min() == y.min() else low
             ax.set_title(", ".join([size, *(f"{c.split('.')[-1]}={v}" for c, v in zip(variants, key))]), fontsize=8)
             ax.grid(alpha=0.3)
@@ -166,7 +166,7 @@ def loss_curves(results: pl.DataFrame, path: Path, *, title: str = "", pool: Pat
             if j == 0:
                 ax.set_ylabel("train loss")
     if low < float("inf"):
-        axes[0][0].set_ylim(0.95 * low, float(results["l0"].max()))  # shared: capped at ℓ0
+        axes[0][0].set_ylim(0.95 * low, float(results[L0].max()))  # shared: capped at ℓ0
     axes[0][-1].legend(fontsize=6, title="LR", title_fontsize=6)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -179,7 +179,7 @@ def over_steps(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
     """Diagnostics over training steps of the runs at LR ``lr``, one line per size and value of ``lines``."""
     rows = table.at_lr(results, lr)
     curves = table.curves(rows, pool)
-    metrics = {f"{r['label.size']}, {lines}={r[col(lines)]}": curves[(r["group"], r["member"])]
+    metrics = {f"{r[SIZE]}, {lines}={r[col(lines)]}": curves[(r["group"], r["member"])]
                for r in rows.iter_rows(named=True)}
     return curves_over_steps(metrics, path, columns, title, logy or [])
 
@@ -210,13 +210,13 @@ def curves_over_steps(metrics: dict[str, pl.DataFrame], path: Path, columns: lis
 
 @figure
 def metric_vs(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None, x: str,
-              y: list[str], lines: str = "label.size", logx: bool = True, logy: bool | list[bool] = True,
+              y: list[str], lines: str = SIZE, logx: bool = True, logy: bool | list[bool] = True,
               vline: str | None = None) -> list[Path]:
     """Each of ``y`` (one panel each) against ``x``, one line per value of ``lines`` (mean over other rows).
     ``vline`` names a column whose mean is drawn as a dashed vertical line (e.g. the measured gradient RMS)."""
     r = results
     xc, lc = col(x), col(lines)
-    keys = table.values(r.sort("n_params"), lines)
+    keys = table.values(r.sort(N_PARAMS), lines)
     cmap = plt.get_cmap("viridis")
     logys = logy if isinstance(logy, list) else [logy] * len(y)
     fig, axes = plt.subplots(1, len(y), figsize=(4.6 * len(y), 3.4), squeeze=False)
@@ -258,8 +258,8 @@ def prediction(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
     xs = np.geomspace(min(t["fit_n"]), t["held_out_n"] * 1.2, 50)
     for i, row in enumerate(t["rows"]):
         c = cmap(i / max(1, len(t["rows"]) - 1))
-        part = table.at_lr(r, row["lr"]).sort("n_params")
-        ax.plot(part["n_params"], part["attn_logit_max/0@step"], "o", color=c, ms=4)
+        part = table.at_lr(r, row["lr"]).sort(N_PARAMS)
+        ax.plot(part[N_PARAMS], part["attn_logit_max/0@step"], "o", color=c, ms=4)
         ax.plot(xs, [instability.interval(row["fit"], x)["value"] for x in xs], "-", color=c, lw=1, label=f"LR {row['lr']:g}")
         ax.errorbar([t["held_out_n"]], [row["predicted"]], yerr=[[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]]
                     if row["low"] == row["low"] else None, fmt="s", mfc="none", color=c, ms=7)

@@ -140,5 +140,5 @@ def sensitivity_table(results: pl.DataFrame, exp: dict[str, Any]) -> pl.DataFram
     from .analysis import sensitivity_frame
 
     by = table.variant_columns(results)
-    frame = sensitivity_frame(results, by).sort(["n_params", *by[1:]])
+    frame = sensitivity_frame(results, by).sort([table.N_PARAMS, *by[1:]])
     return frame.with_columns(pl.col("best_lr").map_elements(lambda x: x if math.isfinite(x) else None, return_dtype=pl.Float64))

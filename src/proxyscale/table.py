@@ -32,10 +32,22 @@ from . import store
 from .config import GroupConfig
 from .records import GroupSummary
 
+SIZE = "label.size"
+"""The size label of a run's group (``ladder.size_label``: ``d64-L2``)."""
+LR = "member.lr"
+"""The run's peak LR (a member scalar)."""
+N_PARAMS = "n_params"
+"""Non-embedding parameters N (paper §3)."""
+FINAL_LOSS = "final_eval_loss"
+"""The final evaluation loss (NaN when it diverged to non-finite)."""
+L0 = "l0"
+"""ℓ0: the loss at initialisation (paper §3's cap)."""
+DIVERGED = "diverged"
+"""Whether the run diverged (frozen by the divergence check)."""
 LR_RTOL = 1e-9
 """Two learning rates (or any two float labels) are the same value when they agree to this relative tolerance."""
 
-MEASURED = ("n_params", "l0", "final_eval_loss", "diverged", "diverged_step", "output_logit_mean", "log_z_mean",
+MEASURED = (N_PARAMS, L0, FINAL_LOSS, DIVERGED, "diverged_step", "output_logit_mean", "log_z_mean",
             "grad_norm")
 """Measured columns addressed by their bare names."""
 
@@ -109,19 +121,19 @@ def where(results: pl.DataFrame, cond: dict[str, Any] | None) -> pl.DataFrame:
 
 def at_lr(results: pl.DataFrame, lr: float) -> pl.DataFrame:
     """The rows trained at peak LR ``lr``."""
-    return results.filter(is_("member.lr", float(lr)))
+    return results.filter(is_(LR, float(lr)))
 
 
 def sizes(results: pl.DataFrame) -> list[str]:
     """The size labels present, smallest N first."""
-    return results.sort("n_params")["label.size"].unique(maintain_order=True).to_list()
+    return results.sort(N_PARAMS)[SIZE].unique(maintain_order=True).to_list()
 
 
 def variant_columns(results: pl.DataFrame) -> list[str]:
     """The columns that tell one LR curve from another: the size, every other label, and the member scalars that
     vary (besides the LR and the seed). LR-sensitivity tables are keyed by these."""
-    by = ["label.size"] + [c for c in results.columns if c.startswith("label.") and c != "label.size"]
-    return by + [c for c in results.columns if c.startswith("member.") and c not in ("member.lr", "member.seed")
+    by = [SIZE] + [c for c in results.columns if c.startswith("label.") and c != SIZE]
+    return by + [c for c in results.columns if c.startswith("member.") and c not in (LR, "member.seed")
                  and results[c].n_unique() > 1]
 
 
@@ -158,9 +170,9 @@ def member_rows(cfg: GroupConfig, gid: str, labels: dict[str, Any], folder: Path
         mine = metrics.filter(pl.col("member") == m["member"])
         window = mine.filter((pl.col("step") >= steps - tail) & (pl.col("step") < steps))
         row = _known_row(cfg, gid, labels, m["member"], m)
-        row.update({"n_params": summary.n_params, "l0": m["l0"],
-                    "final_eval_loss": m["final_eval_loss"] if m["final_eval_loss"] is not None else float("nan"),
-                    "diverged": m["diverged"], "diverged_step": m["diverged_step"]})
+        row.update({N_PARAMS: summary.n_params, L0: m["l0"],  # the summary's member keys -> the table's columns
+                    FINAL_LOSS: m["final_eval_loss"] if m["final_eval_loss"] is not None else float("nan"),
+                    DIVERGED: m["diverged"], "diverged_step": m["diverged_step"]})
         for name in (*DIAGNOSTICS, last_block):
             row["block_rms/last" if name == last_block else name] = (window[name].mean() if name in window.columns
                                                                      else None)
