@@ -16,6 +16,18 @@ from typing import Any
 from . import store
 
 
+def fields_of(cls: type, raw: Any, required: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` in the parsed JSON ``raw`` (unknown keys ignored, so older and newer files
+    both read); ValueError naming what is missing, for the reader to set the file aside as damaged."""
+    if not isinstance(raw, dict):
+        raise ValueError("not a mapping")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ValueError(f"missing fields: {', '.join(missing)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in known}
+
+
 @dataclass
 class GroupSummary:
     """``DIR/summary.json`` of a finished group: what it was, what ran it, and per member its scalars, ℓ0, final
@@ -42,13 +54,10 @@ class GroupSummary:
     @classmethod
     def from_json(cls, raw: Any) -> GroupSummary:
         """The summary, or ValueError naming what is missing."""
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping")
-        missing = [k for k in cls.REQUIRED if k not in raw]
-        if missing or not isinstance(raw["members"], list):
-            raise ValueError(f"missing fields: {', '.join(missing) or 'members'}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        fields = fields_of(cls, raw, cls.REQUIRED)
+        if not isinstance(fields["members"], list):
+            raise ValueError("members: not a list")
+        return cls(**fields)
 
     @classmethod
     def read(cls, path: Path) -> GroupSummary:
@@ -100,17 +109,12 @@ class ExperimentRecord:
     @classmethod
     def from_json(cls, raw: Any) -> ExperimentRecord:
         """The record, or ValueError naming what is missing or malformed."""
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping")
-        missing = [k for k in cls.REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"missing fields: {', '.join(missing)}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = fields_of(cls, raw, cls.REQUIRED)
         try:
-            verdicts = [Verdict(**v) for v in raw["verdicts"]]
+            verdicts = [Verdict(**v) for v in fields["verdicts"]]
         except TypeError as err:
             raise ValueError(f"verdicts: {err}") from None
-        return cls(**{**{k: v for k, v in raw.items() if k in known}, "verdicts": verdicts})
+        return cls(**{**fields, "verdicts": verdicts})
 
     def write(self, path: Path) -> None:
         store.write_json(path, self.to_json())
@@ -167,13 +171,7 @@ class ForecastRecord:
 
     @classmethod
     def from_json(cls, raw: Any) -> ForecastRecord:
-        if not isinstance(raw, dict):
-            raise ValueError("not a mapping")
-        missing = [k for k in cls.REQUIRED if k not in raw]
-        if missing:
-            raise ValueError(f"missing fields: {', '.join(missing)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(**fields_of(cls, raw, cls.REQUIRED))
 
     def write(self, path: Path) -> None:
         store.write_json(path, self.to_json())
