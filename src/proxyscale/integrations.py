@@ -39,8 +39,9 @@ class _Watch:
     def __init__(self, **attach_kwargs: Any) -> None:
         import inspect
 
-        inspect.signature(attach).bind(None, None, **attach_kwargs)  # a misspelt option fails here, not at step 1
-        validate(attach_kwargs.get("every", 10), attach_kwargs.get("on_alarm", "warn"))
+        options = inspect.signature(attach).bind(None, None, **attach_kwargs)  # a misspelt option fails here
+        options.apply_defaults()  # attach's own defaults, not a copy of them
+        validate(options.arguments["every"], options.arguments["on_alarm"])
         self.kwargs = attach_kwargs
         self.monitor: Monitor | None = None
 
