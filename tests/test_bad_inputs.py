@@ -50,6 +50,21 @@ def a_file(d, name="taken"):
 
 
 CASES = {
+    # the mitigations after the paper (issue 16)
+    "attention cap zero": (train(group(members={"attn_softcap": [0.0]})), "members.attn_softcap: must be > 0"),
+    "final cap negative": (train(group(model={"final_softcap": -30.0})), "model.final_softcap: must be > 0"),
+    "qk-clip tau zero": (train(group(optim={"qk_clip": 0})), "optim.qk_clip: must be > 0"),
+    "qk-clip tau negative": (train(group(members={"qk_clip": [100.0, -1.0]})), "members.qk_clip: must be > 0"),
+    "zclip threshold negative": (train(group(members={"zclip": [-2.5]})), "members.zclip: must be > 0"),
+    "qk-clip alpha above one": (train(group(optim={"qk_clip_alpha": 1.5})), "optim.qk_clip_alpha: must be in [0, 1]"),
+    "depth alpha negative": (train(group(model={"depth_alpha": -0.5})), "model.depth_alpha: must be in [0, 1]"),
+    "zclip alpha one": (train(group(optim={"zclip_alpha": 1.0})), "optim.zclip_alpha: must be in (0, 1)"),
+    "unknown optimizer": (train(group(optim={"optimizer": "sgd"})), "optim.optimizer: got 'sgd'; valid: adamw"),
+    "unknown muon lr adjustment": (train(group(optim={"optimizer": "muon", "muon_lr_adjust": "spectral"})),
+                                   "optim.muon_lr_adjust"),
+    "qkv-layernorm without qk-layernorm": (train(group(model={"qk_layernorm": False, "qkv_layernorm": True})),
+                                           "model.qkv_layernorm: needs model.qk_layernorm"),
+    "unknown norm placement": (train(group(model={"norm_placement": "post"})), "model.norm_placement"),
     # train: fields of every section (paper defaults documented in config.py)
     "seed negative": (train(group(train={"seed": -1})), "train.seed"),
     "lr inf": (train(group(optim={"lr": float("inf")})), "optim.lr: got inf; must be a finite number"),

@@ -56,6 +56,30 @@ class ModelConfig:
     trained locally with `tokenizers` (paper §3.1 uses a 32k SentencePiece; inferred for micro scale)."""
     rope_base: float = 10000.0
     """RoPE base (paper §3.1 uses rotary embeddings; base 10000 over the full head dim is inferred)."""
+    # -- after the paper: mitigations adopted since 2023 (../MITIGATIONS in the README's "Beyond the paper") --
+    attn_softcap: float | None = None
+    """Attention-logit soft-cap c: the scaled pre-softmax logits of every head become c·tanh(logit/c) (Gemma 2,
+    ``google/gemma_pytorch`` ``attn_logit_softcapping`` = 50.0; HF ``modeling_gemma2.py``). None = off. A member
+    scalar; a group with any cap on runs attention unfused (a fused kernel cannot cap), and records the pre-cap max
+    logit (``attn_logit_max``) beside the post-cap one (``attn_logit_max_capped``)."""
+    final_softcap: float | None = None
+    """Output-logit soft-cap c: logits ← c·tanh(logits/c) before the softmax and z-loss (Gemma 2
+    ``final_logit_softcapping`` = 30.0; nanochat uses 15). None = off. A member scalar."""
+    qkv_layernorm: bool = False
+    """Also normalise v, like q and k (QKV-layernorm, Rybakov et al. 2024, arXiv 2410.16682: a norm after the QKV
+    projection). Needs ``qk_layernorm`` on; v takes its shape (per head or over the width). The block's pre-norm is
+    kept (inferred: the paper's option 2 also drops it; no reference code is public)."""
+    norm_placement: Literal["pre", "reordered"] = "pre"
+    """``pre``: x + Attn(Norm(x)) (paper §3.1); ``reordered``: OLMo 2's x + Norm(Attn(x)), h + Norm(MLP(h)) (OLMo-core
+    ``ReorderedNormTransformerBlock``), with the same two norm scales per block."""
+    depth_alpha: float | None = None
+    """CompleteP / depth-μP exponent α (Dey et al. 2025, arXiv 2505.01618; EleutherAI/nanoGPT-mup branch
+    ``completep``): each residual branch × (L/L_base)^−α, the LR of hidden weights and hidden norm scales ×
+    (L/L_base)^(α−1) and AdamW ε × (L/L_base)^−α (× base_width/width too under μParam, as the reference does).
+    α = 1 is CompleteP, 0.5 depth-μP; None = off (standard parametrisation). Must lie in [0, 1]."""
+    base_depth: int = 1
+    """L_base of ``depth_alpha``: the depth at which the CompleteP model equals the standard one (the reference's
+    base depth; inferred: the smallest depth of a depth ladder)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,38 @@ class OptimConfig:
     """Global gradient-norm clipping threshold, per member (paper §3.1)."""
     rms_scaled_lr: bool = False
     """Scale each tensor's LR by max(RMS(p), 1e-3), Adafactor-style (Appendix E.14)."""
+    # -- after the paper --
+    optimizer: Literal["adamw", "adam_atan2", "muon"] = "adamw"
+    """``adamw`` (paper §3.1); ``adam_atan2``: θ ← θ − η·a·atan2(m̂, b·√v̂), no ε (Everett et al. 2024, arXiv
+    2407.05872; lucidrains/adam-atan2-pytorch); ``muon``: every hidden 2-D weight (q, k, v, output projection, both
+    MLP matrices) steps along its Nesterov momentum orthogonalised by Newton–Schulz (KellerJordan/Muon;
+    ``torch.optim.Muon``), the embedding, output layer and norm scales on AdamW. Every optimizer keeps the schedule,
+    clipping and decay mode of the members. MuonClip (Kimi K2) is ``muon`` with ``members.qk_clip``."""
+    muon_lr_adjust: Literal["original", "match_rms_adamw"] = "match_rms_adamw"
+    """Muon's LR per matrix of shape out×in: ``original`` η·√max(1, out/in) (KellerJordan/Muon), ``match_rms_adamw``
+    η·0.2·√max(out, in), so one LR serves Muon and AdamW (Moonlight, "Muon is scalable", arXiv 2502.16982; both
+    ``adjust_lr_fn`` of ``torch.optim.Muon``). Weight decay uses the unadjusted η, as both do."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum μ (KellerJordan/Muon and ``torch.optim.Muon`` default)."""
+    atan2_a: float = 1.27
+    """Adam-atan2's output scale a (lucidrains/adam-atan2-pytorch default; a ≈ 4/π)."""
+    atan2_b: float = 1.0
+    """Adam-atan2's denominator scale b (lucidrains/adam-atan2-pytorch default)."""
+    qk_clip: float | None = None
+    """QK-clip threshold τ (Kimi K2's MuonClip; Megatron-LM ``qk_clip_threshold`` = 100): right after each optimizer
+    step, per head h with max pre-softmax logit S_h > τ on that step's batch, W_q's columns of h × η_h^α and W_k's
+    × η_h^(1−α), η_h = τ/S_h. Works with every optimizer. None = off. A member scalar."""
+    qk_clip_alpha: float = 0.5
+    """QK-clip's split α of η_h between queries and keys (Megatron-LM ``qk_clip_alpha`` = 0.5). In [0, 1]."""
+    zclip: float | None = None
+    """ZClip z-score threshold z_thresh (bluorion-com/ZClip, arXiv 2504.02507; default 2.5): a member's global
+    gradient norm g with z = (g − μ)/(σ + 1e-6) > z_thresh is clipped to μ + z_thresh·σ/(z/z_thresh) (its
+    ``adaptive_scaling``), never above ``clip``; μ and σ² are EMAs of the clipped norm. None = off (fixed ``clip``
+    only). A member scalar."""
+    zclip_alpha: float = 0.97
+    """ZClip's EMA factor α for the mean and variance of the gradient norm (reference default 0.97). In (0, 1)."""
+    zclip_warmup: int = 25
+    """ZClip's warm-up steps: the first norms only initialise μ and σ², with plain ``clip`` (reference default 25)."""
 
 
 LOG_TO = ("tensorboard", "wandb")
@@ -164,10 +220,26 @@ class Member:
     z_loss: float
     warmup: int
     seed: int
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    qk_clip: float | None = None
+    zclip: float | None = None
 
 
 MEMBER_SCALARS = tuple(f.name for f in dataclasses.fields(Member))
 """Scalars that may differ between the K members of one group (DESIGN.md: the member axis): ``Member``'s fields."""
+
+MEMBER_SECTION = {**{n: "optim" for n in MEMBER_SCALARS}, "seed": "train", "attn_softcap": "model",
+                  "final_softcap": "model"}
+"""The section whose field gives a member scalar its group-wide value when ``members`` does not list it."""
+
+OFF_BY_DEFAULT = {f"model.{n}": None for n in ("attn_softcap", "final_softcap", "depth_alpha")} | {
+    "model.qkv_layernorm": False, "model.norm_placement": "pre", "model.base_depth": 1,
+    "optim.optimizer": "adamw", "optim.muon_lr_adjust": "match_rms_adamw", "optim.muon_momentum": 0.95,
+    "optim.atan2_a": 1.27, "optim.atan2_b": 1.0, "optim.qk_clip": None, "optim.qk_clip_alpha": 0.5,
+    "optim.zclip": None, "optim.zclip_alpha": 0.97, "optim.zclip_warmup": 25}
+"""The fields added after the paper (``Beyond the paper``) at their defaults, where they change nothing: a run's
+identity leaves them out there, so every run id (and every cached result) from before they existed still holds."""
 
 
 def shadowed_by_members(key: str, members: Any) -> str | None:
@@ -175,11 +247,11 @@ def shadowed_by_members(key: str, members: Any) -> str | None:
     (a raw ``members`` mapping) lists that scalar: every member's value comes from ``members``. None otherwise."""
     section, _, name = key.strip().partition(".")
     listed = members if isinstance(members, dict) else {}
-    if section == "optim" and name in listed and name in MEMBER_SCALARS:
-        return f"members.{name} is listed, which overrides optim.{name} for every member"
-    if section == "train" and name == "seed" and "seed" in listed:
+    if name not in listed or MEMBER_SECTION.get(name) != section:
+        return None
+    if name == "seed":
         return "members.seed is listed, which sets each member's init seed"
-    return None
+    return f"members.{name} is listed, which overrides {section}.{name} for every member"
 
 
 @dataclass(frozen=True)
@@ -194,8 +266,7 @@ class GroupConfig:
 
     def member_list(self) -> list[Member]:
         """Expand ``members`` into the K members of the group."""
-        base = {name: getattr(self.optim, name) for name in MEMBER_SCALARS if name != "seed"}
-        base["seed"] = self.train.seed
+        base = {name: getattr(getattr(self, MEMBER_SECTION[name]), name) for name in MEMBER_SCALARS}
         axes = [(n, self.members[n]) for n in MEMBER_SCALARS if n in self.members]
         out = []
         for combo in itertools.product(*(values for _, values in axes)):
@@ -209,6 +280,11 @@ class GroupConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig}
+
+
+def member_hints() -> dict[str, Any]:
+    """The type of each member scalar: that of its section's field (``MEMBER_SECTION``)."""
+    return {n: typing.get_type_hints(SECTIONS[MEMBER_SECTION[n]])[n] for n in MEMBER_SCALARS}
 
 
 def _suggest(name: str, options: list[str]) -> str:
@@ -299,8 +375,7 @@ def coerce_path(path: str, value: Any) -> Any:
     it is not a valid value of that field."""
     section, _, name = path.partition(".")
     if not name:
-        hints = {**typing.get_type_hints(OptimConfig), "seed": int}
-        return _coerce(f"members.{path}", value, hints[path])
+        return _coerce(f"members.{path}", value, member_hints()[path])
     return _coerce(path, value, typing.get_type_hints(SECTIONS[section])[name])
 
 
@@ -385,6 +460,38 @@ def _validate(cfg: GroupConfig) -> None:
             raise ConfigError(f"members.seed: must be in [0, 2^32), got {member.seed}")
     if not 0 <= o.beta1 < 1:
         raise ConfigError(f"optim.beta1: must be in [0, 1), got {o.beta1}")
+    _validate_mitigations(cfg)
+
+
+def _validate_mitigations(cfg: GroupConfig) -> None:
+    """The fields added after the paper: caps and τ positive (null = off), the exponents in range, norms that exist."""
+    m, o = cfg.model, cfg.optim
+    for member in cfg.member_list():
+        for name in ("attn_softcap", "final_softcap", "qk_clip", "zclip"):
+            value = getattr(member, name)
+            if value is not None and not value > 0:
+                where = f"members.{name}" if name in cfg.members else f"{MEMBER_SECTION[name]}.{name}"
+                raise ConfigError(f"{where}: must be > 0, got {value}; use null to switch it off")
+    for where, value, low_open in [("optim.qk_clip_alpha", o.qk_clip_alpha, False),
+                                   ("model.depth_alpha", m.depth_alpha, False),
+                                   ("optim.zclip_alpha", o.zclip_alpha, True),
+                                   ("optim.muon_momentum", o.muon_momentum, False)]:
+        if value is None:
+            continue
+        if not (0 < value < 1 if low_open else 0 <= value <= 1) or (where == "optim.muon_momentum" and value == 1):
+            valid = "(0, 1)" if low_open else "[0, 1)" if where == "optim.muon_momentum" else "[0, 1]"
+            raise ConfigError(f"{where}: must be in {valid}, got {value}")
+    for where, value in [("optim.atan2_a", o.atan2_a), ("optim.atan2_b", o.atan2_b),
+                         ("model.base_depth", m.base_depth)]:
+        if not value > 0:
+            raise ConfigError(f"{where}: must be > 0, got {value}")
+    if o.zclip_warmup < 1:
+        raise ConfigError(f"optim.zclip_warmup: must be >= 1 (the norms that initialise its mean), got {o.zclip_warmup}")
+    if m.qkv_layernorm and m.qk_layernorm == "off":
+        raise ConfigError("model.qkv_layernorm: needs model.qk_layernorm head or width (it adds v to the q/k norm)")
+    if m.kappa is not None and any(mb.qk_clip is not None for mb in cfg.member_list()):
+        raise ConfigError("members.qk_clip: the κ transplant (model.kappa) pins the logits; QK-clip has nothing to "
+                          "clip there; switch one off")
 
 
 def from_dict(raw: Any) -> GroupConfig:
@@ -401,7 +508,7 @@ def from_dict(raw: Any) -> GroupConfig:
     members_raw = raw.get("members") or {}
     if not isinstance(members_raw, dict):
         raise ConfigError("members: expected a mapping such as {lr: [1.0e-3, 1.0e-2]}")
-    hints = {**typing.get_type_hints(OptimConfig), "seed": int}
+    hints = member_hints()
     members: dict[str, list[Any]] = {}
     for key, value in members_raw.items():
         if key not in MEMBER_SCALARS:

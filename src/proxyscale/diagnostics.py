@@ -16,9 +16,9 @@ from .device import logit_chunk
 
 
 @torch.no_grad()
-def max_attention_logit(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+def max_attention_logit(q: torch.Tensor, k: torch.Tensor, scale: float, per_head: bool = False) -> torch.Tensor:
     """The max pre-softmax attention logit of each sequence over heads and causal positions (paper §3.1.1).
-    q, k [N, H, T, Dh] (after any q/k norm and RoPE) -> [N]. The one place it is computed: the proxy model and the
+    q, k [N, H, T, Dh] (after any q/k norm and RoPE) -> [N], or [N, H] per head (``per_head``: what QK-clip reads). The one place it is computed: the proxy model and the
     monitor of a user's model both call it. A fused attention kernel never shows its logits, so this is a second
     QKᵀ on logged steps only, in chunks of sequences (``device.logit_chunk``) so the [chunk, H, T, T] logits stay
     small; float32, so a logit near divergence is exact."""
@@ -29,7 +29,7 @@ def max_attention_logit(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch
     for i in range(0, n, chunk):
         logits = torch.matmul(q[i:i + chunk].float(), k[i:i + chunk].float().transpose(-1, -2))  # float32: exact
         logits.mul_(scale).add_(bias)  # in place
-        maxima.append(logits.flatten(1).amax(dim=1))
+        maxima.append(logits.flatten(2).amax(dim=2) if per_head else logits.flatten(1).amax(dim=1))
     return torch.cat(maxima)
 
 

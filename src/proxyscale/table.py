@@ -66,6 +66,10 @@ def identity(config: GroupConfig | dict[str, Any]) -> dict[str, Any]:
     """The configuration that determines a group's results: the whole config but ``NOT_IDENTITY``."""
     d = json.loads(json.dumps(config.to_dict() if isinstance(config, GroupConfig) else config))
     d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_IDENTITY}
+    for path, off in config_mod.OFF_BY_DEFAULT.items():  # fields added later, where they change nothing
+        section, _, name = path.partition(".")
+        if name in d.get(section, {}) and d[section][name] == off:
+            del d[section][name]
     return d
 
 

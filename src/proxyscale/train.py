@@ -33,8 +33,8 @@ from .device import (
 )
 from .diagnostics import MetricsLog, log_bytes, logged_columns
 from .losses import loss_parts, total_loss
-from .model import ProxyGPT, count_params, init_params, param_specs
-from .optim import BatchedAdamW, FlatParams
+from .model import Caps, ProxyGPT, count_params, depth_eps_mult, init_params, param_specs
+from .optim import BatchedAdamW, FlatParams, param_order, qk_clip
 from .records import GroupSummary
 
 
@@ -129,9 +129,13 @@ class GroupRun:
                               checkpoint_blocks=t.activation_checkpointing)
         self.batches = Batches(self.data, cfg.data, t.seed, self.device)
         init = init_params(cfg.model, self.vocab_size, [m.seed for m in self.members])
-        self.fp = FlatParams({n: p.to(self.device) for n, p in init.items()})  # float32 master weights [K, P]
+        # float32 master weights [K, P], in the optimizer's order (``optim.param_order``)
+        self.fp = FlatParams({n: init[n].to(self.device) for n in param_order(self.specs, cfg.optim)})
         self.weights = StepWeights(self.fp, dtype)
-        self.opt = BatchedAdamW(self.fp, self.specs, self.members, cfg.optim, t.steps, compile=self.compiled)
+        self.opt = BatchedAdamW(self.fp, self.specs, self.members, cfg.optim, t.steps, compile=self.compiled,
+                                eps_mult=depth_eps_mult(cfg.model))
+        self.caps = _caps(self.members, self.device)  # the post-paper soft-caps and QK-clip (None: none on)
+        self.qk_tau = torch.tensor([m.qk_clip or 0.0 for m in self.members], device=self.device)
         self.loss_fn = compile_fn(self._loss, self.compiled)
         self.chunk = rows_chunk(self.device, K, self.vocab_size)
         self.z_coef = torch.tensor([m.z_loss for m in self.members], device=self.device)
@@ -170,10 +174,10 @@ class GroupRun:
 
     # -- one step ----------------------------------------------------------------------------------------------
     def _loss(self, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, z_coef: torch.Tensor,
-              record: bool) -> tuple[torch.Tensor, ...]:
+              record: bool, caps: Caps | None = None) -> tuple[torch.Tensor, ...]:
         """Forward and loss of one (micro-)batch: (objective, ce, z_sq, log_z, logit_mean, layer stats or None).
         The unit that ``train.compile`` compiles."""
-        logits, stats = self.model.forward(weights, x, record)
+        logits, stats = self.model.forward(weights, x, record, caps)
         parts = loss_parts(logits, y, diagnostics=record, chunk=self.chunk)
         return total_loss(parts, z_coef), parts.ce, parts.z_sq, parts.log_z, parts.logit_mean, stats
 
@@ -197,14 +201,18 @@ class GroupRun:
         weights = self.weights.refresh(rows)
         leaves = [weights[n] for n in self.fp.names]
         z_coef = self.z_coef if rows is None else self.z_coef[rows]
+        caps = None if self.caps is None else self.caps.rows(rows)
         mb = self.micro_batch
         n_chunks = x.shape[0] // mb
         parts: list[dict[str, torch.Tensor]] = []
+        head_max = []  # QK-clip's per-head max logits of each micro-batch [L, K, H]
         for c in range(n_chunks):
             xc, yc = x[c * mb:(c + 1) * mb], y[c * mb:(c + 1) * mb]
-            loss, ce, z_sq, log_z, logit_mean, stats = self.loss_fn(weights, xc, yc, z_coef, logged)
+            loss, ce, z_sq, log_z, logit_mean, stats = self.loss_fn(weights, xc, yc, z_coef, logged, caps)
             grads = torch.autograd.grad(loss / n_chunks if n_chunks > 1 else loss, leaves, allow_unused=True)
             self.weights.grad_into(grads, self.opt.g, accumulate=c > 0)
+            if stats is not None and "attn_logit_max_head" in stats:
+                head_max.append(stats.pop("attn_logit_max_head"))
             chunk = {"loss": ce.detach(), "z_sq": z_sq.detach(), "log_z_mean": log_z}
             if logged:
                 chunk["output_logit_mean"] = logit_mean
@@ -215,6 +223,8 @@ class GroupRun:
         ce, z_sq = measured["loss"], measured.pop("z_sq")
         finite = torch.isfinite(ce) & torch.isfinite(z_sq)
         stats = self.opt.step(self.opt.g, self.active & finite, want_stats=logged)
+        if head_max:  # QK-clip, right after the optimizer step, from this step's batch (Kimi K2; Megatron-LM)
+            stats.update(self._qk_clip(torch.stack(head_max).amax(dim=0), rows, stats["applied"]))
         # A NaN/Inf loss or gradient freezes a member at once; a loss above ℓ0 + margin for a window does too.
         ok = stats.pop("applied")
         assert self.l0 is not None
@@ -231,6 +241,17 @@ class GroupRun:
         self.last = dict(cols)
         cols["diverged"] = (~self.active).float()
         return cols
+
+    def _qk_clip(self, head_max: torch.Tensor, rows: torch.Tensor | None,
+                 applied: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Clip the heads of the members that updated this step (``optim.qk_clip``); ``head_max`` [L, K_live, H].
+        Returns the heads clipped this step per member, ``qk_clip_heads`` [K] (of L·H)."""
+        if rows is not None:  # the members not computed this step: nothing to clip
+            full = torch.zeros(head_max.shape[0], len(self.members), head_max.shape[2], device=head_max.device)
+            head_max = full.index_copy_(1, rows, head_max.float())
+        tau = torch.where(applied, self.qk_tau, torch.zeros_like(self.qk_tau))
+        return {"qk_clip_heads": qk_clip(self.fp, head_max.float(), tau, self.cfg.optim.qk_clip_alpha,
+                                         self.cfg.model.heads)}
 
     def _update_rows(self, diverged: Any) -> None:
         """After a logged step: stop computing members that have diverged (a host decision, made only where the
@@ -314,6 +335,18 @@ class GroupRun:
             seconds=round(self.seconds + time.perf_counter() - self._started, 2), members=members,
             tokens_per_s=float(tps.median()) if len(tps) else None,
             lr_sensitivity=sensitivity_table(self.members, fin, l0))
+
+
+def _caps(members: list[Member], device: torch.device) -> Caps | None:
+    """The members' soft-caps [K] (0 = none) and whether QK-clip needs per-head maxima; None when no member has any,
+    so the fused attention and today's numbers stay."""
+    def column(name: str) -> torch.Tensor | None:
+        values = [getattr(m, name) for m in members]
+        return None if all(v is None for v in values) else torch.tensor([v or 0.0 for v in values], device=device)
+
+    attn, final = column("attn_softcap"), column("final_softcap")
+    head_max = any(m.qk_clip is not None for m in members)
+    return None if attn is None and final is None and not head_max else Caps(attn, final, head_max)
 
 
 def _halve(micro_batch: int, batch: int) -> int:
