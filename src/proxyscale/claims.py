@@ -218,6 +218,99 @@ def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, a
         f"{k}: {x:.3f} vs {y:.3f}" for k, x, y in zip(keys, xs, ys))
 
 
+# -- checks of the mitigations after the paper (issue 16) ---------------------------------------------------------
+
+@check
+def at_most(results: pl.DataFrame, column: str, bound: Any, where: dict[str, Any] | None = None,
+            per: str = SIZE) -> tuple[bool, str]:
+    """Every run (matching ``where``) has ``column`` ≤ ``bound``: a number, or a column read per run (e.g.
+    ``member.attn_softcap``: each run's own cap). Runs where ``column`` was not measured are left out; none left is
+    not reproduced."""
+    r = table.where(results, where)
+    if column not in r.columns:
+        return False, f"{column}: not measured in these runs"
+    limit = pl.col(col(bound)) if isinstance(bound, str) else pl.lit(float(bound))
+    r = r.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).with_columns(limit.alias("_bound"))
+    parts, ok = [], r.height > 0
+    for key, part in r.group_by(col(per), maintain_order=True):
+        worst = part.with_columns((pl.col(column) - pl.col("_bound")).alias("_over")).sort("_over").row(-1, named=True)
+        ok &= worst["_over"] <= 0
+        parts.append(f"{key[0]}: max {worst[column]:.4g} vs {worst['_bound']:.4g}")
+    return ok, f"{column} ≤ {bound} — " + "; ".join(parts)
+
+
+def _grid_index(lrs: list[float], lr: float) -> int:
+    return min(range(len(lrs)), key=lambda i: abs(lrs[i] - lr))
+
+
+@check
+def best_lr_within(results: pl.DataFrame, axis: str, a: Any, b: Any, steps: int = 1,
+                   where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """At every size the best LR with ``axis == a`` lies within ``steps`` grid steps of that with ``axis == b``."""
+    r = table.where(results, where)
+    grid = sorted(set(r[LR].to_list()))
+    best = {v: dict(zip(*_best_lrs(r, axis, v).select(SIZE, "best_lr").to_dict(as_series=False).values())) for v in (a, b)}
+    parts, ok = [], True
+    sizes = [s for s in table.sizes(r) if s in best[a] and s in best[b]]
+    for size in sizes:
+        la, lb = best[a][size], best[b][size]
+        if not (la == la and lb == lb):
+            ok = False
+            parts.append(f"{size}: no best LR")
+            continue
+        gap = abs(_grid_index(grid, la) - _grid_index(grid, lb))
+        ok &= gap <= steps
+        parts.append(f"{size}: {la:g} vs {lb:g} ({gap} step{'s' if gap != 1 else ''})")
+    return ok and bool(sizes), f"best LR {axis}={a} vs {b} — " + "; ".join(parts)
+
+
+@check
+def diverged_fewer(results: pl.DataFrame, axis: str, better: Any, worse: Any,
+                   where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """Fewer runs diverge with ``axis == better`` than with ``worse`` (over every LR, seed and size matching
+    ``where``); no divergence on either side is not reproduced (nothing to prevent)."""
+    r = table.where(results, where)
+    counts = {v: (int(r.filter(is_(axis, v))[DIVERGED].sum()), r.filter(is_(axis, v)).height) for v in (better, worse)}
+    (nb, tb), (nw, tw) = counts[better], counts[worse]
+    return nb < nw, f"diverged: {axis}={better} {nb} of {tb} runs vs {worse} {nw} of {tw}"
+
+
+@check
+def largest_stable_lr_at_least(results: pl.DataFrame, axis: str, value: Any, baseline: Any,
+                               where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """At every size, the largest LR at which ``axis == value`` trains stably (``instability.unstable``: not
+    diverged and within ``MARGIN`` of the best above the best LR) is at least the baseline's."""
+    r = table.where(results, where)
+    largest = {}
+    for v in (value, baseline):
+        flagged = instability.unstable(r.filter(is_(axis, v)))
+        stable = flagged.filter(~pl.col(instability.UNSTABLE)).group_by(SIZE).agg(pl.col(LR).max())
+        largest[v] = dict(zip(stable[SIZE].to_list(), stable[LR].to_list()))
+    sizes = [s for s in table.sizes(r) if s in largest[value] and s in largest[baseline]]
+    ok = bool(sizes) and all(largest[value][s] >= largest[baseline][s] for s in sizes)
+    return ok, f"largest stable LR {axis}={value} vs {baseline} — " + "; ".join(
+        f"{s}: {largest[value][s]:g} vs {largest[baseline][s]:g}" for s in sizes)
+
+
+@check
+def matches(results: pl.DataFrame, column: str, a: dict[str, Any], b: dict[str, Any], rtol: float,
+            per: str = LR) -> tuple[bool, str]:
+    """For each value of ``per``, mean(column | ``a``) is within ``rtol`` (relative) of mean(column | ``b``);
+    ``a`` and ``b`` are ``where`` conditions (e.g. Adam-atan2 vs AdamW at ε 1e-12)."""
+    ra, rb = table.where(results, a), table.where(results, b)
+    parts, ok = [], True
+    for key in sorted(set(ra[col(per)].to_list()) & set(rb[col(per)].to_list())):
+        x = ra.filter(is_(per, key))[column].mean()
+        y = rb.filter(is_(per, key))[column].mean()
+        if x is None or y is None:
+            continue
+        close = abs(x - y) <= rtol * abs(y)
+        ok &= close
+        parts.append(f"{per}={key:g}: {x:.4g} vs {y:.4g} ({(x - y) / y:+.1%})" if isinstance(key, float)
+                     else f"{per}={key}: {x:.4g} vs {y:.4g}")
+    return ok and bool(parts), f"{column} within {rtol:.0%} — " + "; ".join(parts)
+
+
 @check
 def trains_at(results: pl.DataFrame, lr: float, where: dict[str, Any] | None = None, gain: float = 1.0) -> tuple[bool, str]:
     """Every run at LR ``lr`` (matching ``where``) finishes undiverged, ``gain`` nats or more below ℓ0."""

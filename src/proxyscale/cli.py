@@ -222,7 +222,9 @@ def sensitivity_table(rows: list[dict], title: str) -> Table:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import plan, report, reproduce, sweep
 
-    names = reproduce.names() if args.name == "all" else [args.name]
+    from . import experiments
+
+    names = experiments.SETS[args.name]() if args.name in experiments.SETS else [args.name]
     out = Path(args.out)
     store.check_dir(out)
     from .executors import executor_config
@@ -403,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the paper's experiments")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("reproduce", help="run an experiment of the paper: sweep, figures, verdicts, report")
-    p.add_argument("name", help="experiment name (see: proxyscale list) or all")
+    p.add_argument("name", help="experiment name (see: proxyscale list), all (the paper's) or beyond (the "
+                   "mitigations after it)")
     p.add_argument("--scale", default="micro", choices=list(SCALES),
                    help="micro: minutes on a CPU; mini: minutes per experiment on one GPU; small: one 80 GB GPU; "
                    "paper: the paper's schedule")

@@ -119,6 +119,36 @@ def sensitivity_vs_n(results: pl.DataFrame, path: Path, *, title: str = "", pool
     return _save(fig, path)
 
 
+@figure
+def sensitivity_by_variant(results: pl.DataFrame, path: Path, *, title: str = "",
+                           pool: Path | None = None) -> list[Path]:
+    """LR sensitivity per size (groups of bars, smallest N first) of every variant the runs hold: each combination
+    of the switches and member scalars that vary (``table.variant_columns``), e.g. qk-layernorm × QK-clip."""
+    by = table.variant_columns(results)
+    s = sensitivity_frame(results, by).sort(N_PARAMS)
+    sizes = table.sizes(s)
+    keys = [c for c in by if c != SIZE]
+    variants = s.select(keys).unique(maintain_order=True).rows() if keys else [()]
+    fig, ax = plt.subplots(figsize=(max(4.6, 1.2 * len(sizes) * max(1, len(variants)) / 3), 3.6))
+    width = 0.8 / max(1, len(variants))
+    for j, variant in enumerate(variants):
+        part = s
+        for k, v in zip(keys, variant):
+            part = part.filter(pl.col(k).is_null() if v is None else pl.col(k) == v)
+        heights = [part.filter(pl.col(SIZE) == size)["lr_sensitivity"].mean() for size in sizes]
+        name = ", ".join(f"{k.split('.')[-1]}={'off' if v is None else v}" for k, v in zip(keys, variant)) or "all"
+        ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(sizes))],
+               [h if h is not None else float("nan") for h in heights], width, label=name)
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels([str(x).replace(" (", "\n(") for x in sizes], fontsize=7)
+    ax.set_xlabel("size")
+    ax.set_ylabel("LR sensitivity")
+    ax.set_title("LR sensitivity by variant and size", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
 def _label_sizes(ax: Any, s: pl.DataFrame) -> None:
     """Tick the log-N axis at every size of the ladder, labelled with the size (d64-L2 and its N), instead of
     decades that may not fall between the sizes at all. Sizes that differ in N only slightly (qk-layernorm's

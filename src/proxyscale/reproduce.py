@@ -46,7 +46,7 @@ def load(name: str) -> dict[str, Any]:
     try:
         exp, shared = catalogue.read(name), scales()
     except KeyError:
-        raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())} or all (see: proxyscale list)") \
+        raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())}, all or beyond (see: proxyscale list)") \
             from None
     resolved = {}
     for scale, body in exp["scales"].items():

@@ -20,6 +20,7 @@ Columns of a results table (``results.parquet``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -105,6 +106,8 @@ def value(name: str, raw: Any) -> Any:
 def is_(name: str, raw: Any) -> pl.Expr:
     """Rows whose column ``name`` equals ``raw`` (floats to ``LR_RTOL``)."""
     c, v = pl.col(col(name)), value(name, raw)
+    if v is None:  # a switch that is off (``members.qk_clip: null``)
+        return c.is_null()
     if isinstance(v, float) and not isinstance(v, bool):
         return (c - v).abs() <= LR_RTOL * max(abs(v), 1e-300)
     return c == v
@@ -180,6 +183,7 @@ def member_rows(cfg: GroupConfig, gid: str, labels: dict[str, Any], folder: Path
         for name in (*DIAGNOSTICS, last_block):
             row["block_rms/last" if name == last_block else name] = (window[name].mean() if name in window.columns
                                                                      else None)
+        row.update(mitigation_columns(mine, m, steps))
         if "attn_logit_max/0" in mine.columns:
             row["attn_logit_max/0:max"] = mine["attn_logit_max/0"].max()
             if at_step is not None:  # the scaling prediction reads the logit at a fixed step (paper §3, Fig 9)
@@ -189,11 +193,43 @@ def member_rows(cfg: GroupConfig, gid: str, labels: dict[str, Any], folder: Path
     return rows
 
 
+MITIGATION_COLUMNS = ("attn_logit_max/all:max", "attn_logit_max_capped/all:max", "qk_clip_fraction", "qk_clip_delta",
+                      "zclip_fraction")
+"""What the post-paper switches are judged by, per member: the max attention logit over every layer and step, before
+and after a soft-cap; the fraction of logged steps on which QK-clip clipped a head; QK-clip's δ, the largest
+max-logit/τ − 1 on any step after it first clipped (its bound τ·(1+δ)); the fraction of steps ZClip clipped."""
+
+
+def mitigation_columns(metrics: pl.DataFrame, member: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``MITIGATION_COLUMNS`` of one member from its per-step ``metrics`` (those its switches did not record: absent)."""
+    out: dict[str, Any] = {}
+    train = metrics.filter(pl.col("loss").is_not_null()) if "loss" in metrics.columns else metrics
+    for stem in ("attn_logit_max", "attn_logit_max_capped"):
+        layers = [c for c in train.columns if c.startswith(stem + "/") and c.split("/")[1].isdigit()]
+        if layers:
+            out[f"{stem}/all:max"] = train.select(pl.max_horizontal(layers).max()).item()
+    if "qk_clip_heads" in train.columns and train.height:
+        heads = train["qk_clip_heads"].fill_null(0.0)
+        out["qk_clip_fraction"] = float((heads > 0).mean())
+        tau, fired = member.get("qk_clip"), train.filter(heads > 0)
+        layers = [c for c in train.columns if c.startswith("attn_logit_max/") and c.split("/")[1].isdigit()]
+        if tau and fired.height and layers:
+            after = train.filter(pl.col("step") > fired["step"].min())
+            peak = after.select(pl.max_horizontal(layers).max()).item() if after.height else None
+            out["qk_clip_delta"] = peak / tau - 1.0 if peak is not None else None
+    if "zclip_clips" in train.columns and train.height:
+        out["zclip_fraction"] = float(train["zclip_clips"].drop_nulls().max() or 0.0) / steps
+    return out
+
+
 def _known_row(cfg: GroupConfig, gid: str, labels: dict[str, Any], member: int, scalars: Any) -> dict[str, Any]:
     """The columns of a member's row that are known before it trains: group, member, labels, the flattened config
     and the member's scalars (``scalars``: a mapping or a ``config.Member``)."""
     flat = {k: v for k, v in flatten(identity(cfg)).items() if not k.startswith("members.")}
-    get = scalars.get if isinstance(scalars, dict) else lambda k: getattr(scalars, k)
+    # an older summary lacks the scalars added after the paper: those were off (``Member``'s defaults)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_mod.Member)
+                if f.default is not dataclasses.MISSING}
+    get = (lambda k: scalars.get(k, defaults.get(k))) if isinstance(scalars, dict) else lambda k: getattr(scalars, k)
     return {"group": gid, "member": member, **{f"label.{k}": v for k, v in labels.items()}, **flat,
             **{f"member.{k}": get(k) for k in config_mod.MEMBER_SCALARS}}
 

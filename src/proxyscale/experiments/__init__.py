@@ -13,13 +13,29 @@ FOLDER = Path(__file__).parent
 SCALES_FILE = FOLDER / "scales.yaml"
 
 
+BEYOND = ("softcap", "qkclip", "muon", "atan2", "zclip", "completep", "norms")
+"""The mitigations adopted after the paper, one experiment per family, under the paper's lens (README: "Beyond the
+paper"), in this order."""
+
+
 def names() -> list[str]:
-    """Experiment names in the paper's order: figures, then appendix items (E.*, C.*)."""
+    """Experiment names: the paper's in its order (figures, then appendix items E.*, C.*), then ``BEYOND``'s."""
     def key(name: str) -> tuple[int, int]:
+        if name in BEYOND:
+            return 3, BEYOND.index(name)
         prefix = 0 if name.startswith("fig") else 1 if name.startswith("e") else 2
         return prefix, int("".join(ch for ch in name if ch.isdigit()) or 0)
 
     return sorted((p.stem for p in FOLDER.glob("*.yaml") if p != SCALES_FILE), key=key)
+
+
+def paper_names() -> list[str]:
+    """The paper's experiments (``reproduce all``)."""
+    return [n for n in names() if n not in BEYOND]
+
+
+SETS = {"all": paper_names, "beyond": lambda: list(BEYOND)}
+"""The names ``reproduce`` takes for several experiments: ``all`` (the paper's) and ``beyond`` (``BEYOND``)."""
 
 
 def read(name: str) -> dict[str, Any]:
