@@ -14,7 +14,8 @@ AXIS = "model.qk_layernorm"
 
 
 def results(curvature, best_lr=lambda v, i: 1e-2, base=lambda v, i: 3.0 - 0.2 * i, logit=lambda v, i, lr: 10.0,
-            norm=lambda v, i: 1.0, step_logit=None, unstable=lambda v, i, lr: False):
+            norm=lambda v, i: 1.0, step_logit=None, unstable=lambda v, i, lr: False,
+            diverged=lambda v, i, lr: False):
     """Runs of sizes ``SIZES`` × ``head``/``off`` × the paper's LR grid: final loss base + curvature·(log10 lr/η*)²
     (curvature(v, i) sets the LR sensitivity), with the given logits and q/k norms; ``unstable`` runs end 0.5 nats
     worse (Fig 9's instability: worse than the qk-layernorm run of their size and LR)."""
@@ -25,7 +26,7 @@ def results(curvature, best_lr=lambda v, i: 1e-2, base=lambda v, i: 3.0 - 0.2 * 
                 loss = base(v, i) + curvature(v, i) * math.log10(lr / best_lr(v, i)) ** 2
                 loss += 0.5 * unstable(v, i, lr)
                 rows.append({"label.size": f"s{i}", "n_params": int(n), f"label.{AXIS}": v, "member.lr": lr,
-                             "l0": 5.5, "final_eval_loss": min(loss, 5.5), "diverged": False,
+                             "l0": 5.5, "final_eval_loss": min(loss, 5.5), "diverged": diverged(v, i, lr),
                              "attn_logit_max/0": logit(v, i, lr), "q_norm/0": norm(v, i), "k_norm/0": norm(v, i),
                              "attn_logit_max/0@step": (step_logit or logit)(v, i, lr)})
     return pl.DataFrame(rows)
@@ -78,6 +79,20 @@ CASES = {  # check: (args, a table where it holds, a table where it does not)
                         results(grows, base=lambda v, i: 3.0 if v == "head" else 3.2),
                         results(grows, base=lambda v, i: 3.2 if v == "head" else 3.0)),
     "trains_at": ({"lr": 1e-2, "gain": 1.0}, results(grows), results(grows, base=lambda v, i: 5.0)),
+    # the checks of the mitigations after the paper (issue 16)
+    "at_most": ({"column": "attn_logit_max/0", "bound": 50.0}, results(grows),
+                results(grows, logit=lambda v, i, lr: 60.0 if lr > 0.1 else 10.0)),
+    "best_lr_within": ({"axis": AXIS, "a": "off", "b": "head", "steps": 1},
+                       results(grows, best_lr=lambda v, i: 3e-2 if v == "off" else 1e-2),
+                       results(grows, best_lr=lambda v, i: 3e-1 if v == "off" else 1e-3)),
+    "diverged_fewer": ({"axis": AXIS, "better": "head", "worse": "off"},
+                       results(grows, diverged=lambda v, i, lr: v == "off" and lr > 0.1),
+                       results(grows)),
+    "largest_stable_lr_at_least": ({"axis": AXIS, "value": "head", "baseline": "off"},
+                                   results(lambda v, i: 0.02 if v == "head" else 0.5),
+                                   results(lambda v, i: 0.5 if v == "head" else 0.02)),
+    "matches": ({"column": "final_eval_loss", "a": {AXIS: "off"}, "b": {AXIS: "head"}, "rtol": 0.05},
+                results(flat), results(flat, base=lambda v, i: 4.0 if v == "off" else 3.0)),
     # logit ∝ √N·η; a run without qk-layernorm is unstable once its logit passes 150: the threshold calibrated on the
     # two smaller sizes (173) calls the held-out size right at every LR. Where the held-out logits are 1000x off
     # the power law, the extrapolation misses.

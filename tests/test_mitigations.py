@@ -426,3 +426,88 @@ def test_reordered_and_qkv_norms_follow_their_formulas():
         want = x1 + (ln(mlp, p["ln2"]) if placement == "reordered" else mlp)
         assert torch.allclose(got, want, atol=1e-5), placement
 
+
+
+# -- what the results table, the forecast and the experiments read ---------------------------------------------
+
+def test_the_results_table_reads_what_each_switch_did():
+    """From a member's per-step log: the max logit over layers and steps (before and after a cap), QK-clip's clip
+    fraction and δ after it first fired, and ZClip's fraction of steps clipped."""
+    import polars as pl
+
+    from proxyscale.table import mitigation_columns
+
+    metrics = pl.DataFrame({"step": [0, 1, 2, 3, 4, 5], "loss": [3.0, 2.9, 2.8, 2.7, 2.6, None],
+                            "attn_logit_max/0": [150.0, 110.0, 105.0, 90.0, 80.0, None],
+                            "attn_logit_max/1": [20.0, 30.0, 104.0, 20.0, 20.0, None],
+                            "attn_logit_max_capped/0": [45.0, 44.0, 43.0, 42.0, 41.0, None],
+                            "qk_clip_heads": [2.0, 0.0, 1.0, 0.0, 0.0, None],
+                            "zclip_clips": [0.0, 0.0, 1.0, 1.0, 2.0, None]})
+    got = mitigation_columns(metrics, {"qk_clip": 100.0}, steps=5)
+    assert got["attn_logit_max/all:max"] == 150.0 and got["attn_logit_max_capped/all:max"] == 45.0
+    assert got["qk_clip_fraction"] == pytest.approx(2 / 5)
+    assert got["qk_clip_delta"] == pytest.approx(0.10)  # 110 after the first clip at step 0
+    assert got["zclip_fraction"] == pytest.approx(2 / 5)
+    assert mitigation_columns(metrics.drop("qk_clip_heads", "zclip_clips", "attn_logit_max_capped/0"), {}, 5) == {
+        "attn_logit_max/all:max": 150.0}
+
+
+def test_the_forecast_ladder_trains_with_the_targets_mitigations_and_its_verdicts_name_them():
+    import polars as pl
+
+    from proxyscale import forecast
+
+    target = config.from_dict(tiny(optim={"optimizer": "muon", "qk_clip": 100.0, "lr": 1e-2},
+                                   model={"attn_softcap": 50.0}))
+    base = forecast.ladder_spec(target, "micro")["base"]
+    assert base["optim"]["optimizer"] == "muon" and base["optim"]["qk_clip"] == 100.0
+    assert base["model"]["attn_softcap"] == 50.0
+    rows = pl.DataFrame({"member.lr": [1e-2, 1e-2], "qk_clip_fraction": [0.2, 0.4], "qk_clip_delta": [0.05, 0.1],
+                         "attn_logit_max/all:max": [300.0, 900.0], "attn_logit_max_capped/all:max": [49.0, 49.9]})
+    notes = forecast.mitigation_evidence(rows, 1e-2, forecast.mitigations_of(target))
+    assert any("QK-clip (τ = 100) clipped on up to 40%" in n and "keep QK-clip" in n for n in notes)
+    assert any("soft-cap 50 bounds the post-cap logit (ladder max 49.9)" in n for n in notes)
+    eps = forecast._eps_verdict({"ok": True, "value": 1e-9, "low": 1e-10, "high": 1e-8}, 1e-8, "adam_atan2")
+    assert eps["verdict"] == "unlikely" and "no ε" in eps["detail"]
+    assert forecast._eps_verdict({"ok": True, "value": 1e-9, "low": 1e-10, "high": 1e-8}, 1e-8)["verdict"] == "likely"
+
+
+def test_the_beyond_experiments_are_listed_after_the_papers_and_share_its_groups():
+    """``reproduce beyond`` runs the seven families; ``all`` stays the paper's. A family's baseline groups are other
+    experiments' groups (the same run ids), so they train once: norms' baseline is fig1's qk-layernorm group,
+    atan2's AdamW group is fig12's, muon's AdamW groups are qkclip's."""
+    from proxyscale import experiments, reproduce, sweep
+
+    assert experiments.names()[-7:] == list(experiments.BEYOND)
+    assert not set(experiments.BEYOND) & set(experiments.SETS["all"]())
+    ids = {name: {g.id for g in sweep.expand(reproduce.sweep_spec(reproduce.load(name), "micro"))}
+           for name in ("fig1", "norms", "atan2", "fig12", "qkclip", "muon")}
+    assert ids["fig1"] & ids["norms"] and ids["atan2"] & ids["fig12"]
+    assert ids["qkclip"] <= ids["muon"]  # muon's AdamW groups are qkclip's
+
+
+def test_a_group_with_every_stateful_switch_resumes_bit_for_bit(tmp_path):
+    """Muon's momentum, ZClip's EMAs and warm-up buffer and QK-clip's edits live in the checkpoint: interrupted at
+    step 24 and resumed from the step-20 checkpoint, the group ends where the uninterrupted one does."""
+    import polars as pl
+
+    from proxyscale.callbacks import StepEnd
+    from proxyscale.train import train_group
+
+    raw = tiny(model={"qk_layernorm": False}, optim={"optimizer": "muon", "zclip_warmup": 5},
+               train={"steps": 30, "checkpoint_every": 10},
+               members={"lr": [0.3, 1.0], "zclip": [1.0], "qk_clip": [3.0]})
+    cfg = config.from_dict(raw)
+    full, _ = train_group(cfg, tmp_path / "full")
+
+    def interrupt(step):
+        if step == 24:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfg, tmp_path / "resumed", callbacks=[StepEnd(interrupt)])
+    resumed, trained = train_group(cfg, tmp_path / "resumed")
+    assert trained
+    a, b = (pl.read_parquet(tmp_path / d / "metrics.parquet").drop("tokens_per_s") for d in ("full", "resumed"))
+    assert a.equals(b)
+    assert a["zclip_clips"].max() > 0 and a["qk_clip_heads"].max() > 0, "the switches never acted: nothing tested"

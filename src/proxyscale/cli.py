@@ -254,6 +254,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             colour = "green" if v.reproduced else "red"
             console.print(f"[{colour}]{v.verdict}[/{colour}]: {v.claim}\n    {v.detail}", highlight=False)
         console.print(f"{name}: {rec.seconds:.0f} s")
+    if args.name == "beyond":
+        summary = reproduce.summarise_beyond(out, args.scale)
+        if summary is not None:
+            console.print(f"beyond: summary figure {out / 'beyond' / summary.figures[0]}")
     path = report.build(out)
     console.print(f"report: {path}")
     return 0

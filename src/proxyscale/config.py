@@ -262,7 +262,8 @@ class GroupConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     members: dict[str, list[Any]] = field(default_factory=dict)
     """Per-member scalars, each a value or a list; lists expand as a grid (cartesian product, in the
-    order of ``MEMBER_SCALARS``). Unlisted scalars take the ``optim`` value (``seed``: ``train.seed``)."""
+    order of ``MEMBER_SCALARS``). Unlisted scalars take their section's value (``optim``; ``model`` for the soft-caps;
+    ``seed``: ``train.seed``)."""
 
     def member_list(self) -> list[Member]:
         """Expand ``members`` into the K members of the group."""

@@ -45,17 +45,19 @@ if __name__ == "__main__":
     print(config_reference())
 
 
-def experiments_table(roots: dict[str, str]) -> str:
+def experiments_table(roots: dict[str, str], which: str = "all") -> str:
     """Markdown table of reproduced experiments: one column per scale that was run (``{scale: output root}``, e.g.
-    ``{"micro": "runs/reproduce"}``), each with the measured runtime and the verdict per claim."""
+    ``{"micro": "runs/reproduce"}``), each with the measured runtime and the verdict per claim; ``which``: the
+    paper's experiments (``all``) or the mitigations after it (``beyond``)."""
     from pathlib import Path
 
+    from .experiments import SETS
     from .records import ExperimentRecord
-    from .reproduce import load, names
+    from .reproduce import load
 
     lines = ["| experiment | command | " + " | ".join(f"`--scale {scale}`: runtime, verdicts" for scale in roots) + " |",
              "|---|---|" + "---|" * len(roots)]
-    for name in names():
+    for name in SETS[which]():  # all: the paper's experiments; beyond: the mitigations after it
         cells = []
         for scale, root in roots.items():
             path = Path(root) / name / "verdicts.json"
@@ -65,7 +67,8 @@ def experiments_table(roots: dict[str, str]) -> str:
             rec = ExperimentRecord.read(path)
             claims = "; ".join(f"{'✔' if v.reproduced else '✘'} {v.claim}" for v in rec.verdicts)
             cells.append(f"{rec.seconds / 60:.1f} min · {rec.reproduced}/{len(rec.verdicts)}: {claims}")
-        title = load(name)["title"].split(":")[0]
+        title = load(name)["title"]
+        title = title.removeprefix("Beyond the paper: ").split(" (")[0] if which == "beyond" else title.split(":")[0]
         row = [title, f"`proxyscale reproduce {name}`", *(c.replace("|", "\\|") for c in cells)]
         lines.append("| " + " | ".join(row) + " |")  # a '|' inside a cell would split the markdown table
     return "\n".join(lines)

@@ -52,9 +52,52 @@ from .table import FINAL_LOSS, L0, LR, N_PARAMS, SIZE
 LADDERS = FORECAST_LADDERS
 """The ladder a scale forecasts from (scales.yaml's ``ladder``, via the experiments catalogue)."""
 MODEL_INTERVENTIONS = ("qk_layernorm", "norm", "attn_scale", "mup", "zero_init_queries", "kappa", "attention",
-                       "tied_embeddings", "rope_base")
+                       "tied_embeddings", "rope_base",
+                       # after the paper (README: Beyond the paper): the ladder trains with the target's
+                       "attn_softcap", "final_softcap", "qkv_layernorm", "norm_placement", "depth_alpha", "base_depth")
 OPTIM_INTERVENTIONS = ("weight_decay", "independent_weight_decay", "eps", "beta1", "beta2", "z_loss", "clip",
-                       "rms_scaled_lr", "min_lr")
+                       "rms_scaled_lr", "min_lr",
+                       "optimizer", "muon_lr_adjust", "muon_momentum", "atan2_a", "atan2_b", "qk_clip", "qk_clip_alpha",
+                       "zclip", "zclip_alpha", "zclip_warmup")
+
+
+def mitigations_of(target: GroupConfig) -> dict[str, Any]:
+    """The post-paper mitigations a target uses that the verdicts speak of (None / adamw: not used)."""
+    m, o = target.model, target.optim
+    return {"optimizer": o.optimizer, "qk_clip": o.qk_clip, "attn_softcap": m.attn_softcap,
+            "final_softcap": m.final_softcap, "zclip": o.zclip}
+
+
+QK_CLIP_HELD = 0.25
+"""QK-clip "holds" the logit when, once active, it stays within τ·(1 + this) (the qkclip experiment's claim)."""
+
+
+def mitigation_evidence(rows: pl.DataFrame, lr: float, mitigations: dict[str, Any]) -> list[str]:
+    """What the ladder's runs at LR ``lr`` show each mitigation the target uses doing (their switches are on in
+    every ladder run): QK-clip's clip fraction and δ, the soft-cap's post- and pre-cap logits, ZClip's fraction."""
+    at = table.at_lr(rows, lr)
+    out = []
+
+    def peak(column: str) -> float | None:
+        return at[column].max() if column in at.columns and at[column].drop_nulls().len() else None
+
+    if mitigations.get("qk_clip"):
+        frac, delta = peak("qk_clip_fraction"), peak("qk_clip_delta")
+        if frac is not None:
+            held = f", max logit ≤ τ·(1 + {delta:.2g})" if delta is not None else ", never above τ"
+            helps = delta is not None and delta <= QK_CLIP_HELD
+            out.append(f"QK-clip (τ = {mitigations['qk_clip']:g}) clipped on up to {frac:.0%} of the ladder's steps "
+                       f"at this LR{held}" + ("; suggested: keep QK-clip" if helps else ""))
+    if mitigations.get("attn_softcap"):
+        post, pre = peak("attn_logit_max_capped/all:max"), peak("attn_logit_max/all:max")
+        if post is not None and pre is not None:
+            out.append(f"the attention soft-cap {mitigations['attn_softcap']:g} bounds the post-cap logit (ladder max "
+                       f"{post:.3g}); the forecast is of the pre-cap logit (ladder max {pre:.3g}), which the cap hides")
+    if mitigations.get("zclip"):
+        frac = peak("zclip_fraction")
+        if frac is not None:
+            out.append(f"ZClip clipped up to {frac:.1%} of the ladder's steps at this LR")
+    return out
 
 
 def load_target(path: str) -> GroupConfig:
@@ -168,8 +211,10 @@ def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float
 # ---- the forecast ----------------------------------------------------------------------------------------------------
 
 def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss: float, weight_decay: float,
-             qk_layernorm: str) -> dict[str, Any]:
-    """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``)."""
+             qk_layernorm: str, mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``);
+    ``mitigations`` (``mitigations_of``): the post-paper ones the target (and so the ladder) uses."""
+    mitigations = mitigations or {}
     trends = {c: trend(at_lr_points(rows, c, lr), n_target)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
     div = trend(instability_lrs(rows), n_target)
@@ -185,9 +230,10 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
     logz_thr = threshold(rows, "log_z_mean", absolute=True)
     verdicts = [
-        _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm),
+        _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm,
+                           mitigation_evidence(rows, lr, mitigations)),
         _output_verdict(trends["log_z_mean"], trends["output_logit_mean"], logz_thr, z_loss, weight_decay),
-        _eps_verdict(trends["grad_rms/layers.0.w1"], eps),
+        _eps_verdict(trends["grad_rms/layers.0.w1"], eps, mitigations.get("optimizer", "adamw")),
         _divergence_verdict(div, lr),
     ]
     return {"n_target": n_target, "lr": lr, "trends": trends, "divergence_lr": div, "lr_sensitivity": sens,
@@ -219,10 +265,11 @@ def _level(value: float, low: float, high: float, limit: float, above: bool) -> 
 
 
 def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows: pl.DataFrame, n: float,
-                       qk: str) -> dict[str, Any]:
+                       qk: str, evidence: list[str] | None = None) -> dict[str, Any]:
     cause = ATTENTION_LOGIT_GROWTH
     if not t["ok"]:
         return _cannot(cause, t)
+    notes = "".join(f"; {e}" for e in evidence or [])
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
     safe = [x for x in sorted(set(rows[LR].to_list()))
             if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n))["ok"] and tt["high"] < thr]
@@ -233,7 +280,7 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
         if safe:
             advice.append(f"LR ≤ {max(safe):g}")
     return _verdict(cause, t, level, thr, f"layer-0 max attention logit at LR {lr:g}: {_fmt(t)}, threshold "
-                    f"{thr:.3g} ({src})" + (f"; suggested: {' or '.join(advice)}" if advice else ""))
+                    f"{thr:.3g} ({src})" + notes + (f"; suggested: {' or '.join(advice)}" if advice else ""))
 
 
 def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | None, z_loss: float,
@@ -255,8 +302,13 @@ def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | Non
     return _verdict(cause, logz, level, thr, detail)
 
 
-def _eps_verdict(t: dict[str, Any], eps: float) -> dict[str, Any]:
+def _eps_verdict(t: dict[str, Any], eps: float, optimizer: str = "adamw") -> dict[str, Any]:
     cause = UPDATE_COLLAPSE
+    if optimizer != "adamw":  # the watched tensor (the first MLP layer) has no ε under either
+        why = ("Adam-atan2 has no ε" if optimizer == "adam_atan2" else
+               "Muon steps the first MLP layer (every hidden matrix) by its orthogonalised momentum, with no ε")
+        return {"cause": cause, "verdict": "unlikely", "value": t.get("value"), "low": t.get("low"),
+                "high": t.get("high"), "threshold": None, "detail": f"{why}: the update cannot collapse against it"}
     if not t["ok"]:
         return _cannot(cause, t)
     limit = EPS_FACTOR * eps  # instability.collapses: below this the update shrinks
@@ -277,7 +329,8 @@ def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
 
 # ---- backtest ----------------------------------------------------------------------------------------------------------
 
-def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float, qk: str) -> dict[str, Any]:
+def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float, qk: str,
+             mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hold out the largest size, forecast it from the others at every LR, compare with what it did."""
     sizes = rows.select(N_PARAMS).unique().sort(N_PARAMS)[N_PARAMS].to_list()
     if len(sizes) < 4:
@@ -287,7 +340,7 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
     truth = unstable(rows).filter(pl.col(N_PARAMS) == held)
     out = []
     for lr in sorted(truth[LR].to_list()):
-        f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk)
+        f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk, mitigations)
         measured = table.at_lr(truth, lr)
         by_cause = verdicts_by_cause(f["verdicts"])
         att, div = by_cause[ATTENTION_LOGIT_GROWTH], by_cause[DIVERGENCE_AT_LR]
@@ -327,14 +380,15 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     rows = unstable(results)
     n_target = float(count_params(target.model, vocab_size(target)))
     o, m = target.optim, target.model
-    record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)
+    record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
     record["target"] = {"path": target_path, "width": m.width, "depth": m.depth, "heads": m.heads, "n": n_target,
                         "lr": o.lr, "steps": target.train.steps, "qk_layernorm": m.qk_layernorm, "z_loss": o.z_loss,
-                        "weight_decay": o.weight_decay, "eps": o.eps}
+                        "weight_decay": o.weight_decay, "eps": o.eps,
+                        **{k: v for k, v in mitigations_of(target).items() if v not in (None, "adamw")}}
     record["ladder"] = {"scale": scale, "sizes": rows[SIZE].unique(maintain_order=True).to_list(),
                         "lrs": lr_grid(o.lr), "groups": results["group"].n_unique()}
     if do_backtest:
-        record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm)
+        record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
     folder = out / "forecast"
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")  # the fits: in memory only

@@ -119,33 +119,55 @@ def sensitivity_vs_n(results: pl.DataFrame, path: Path, *, title: str = "", pool
     return _save(fig, path)
 
 
-@figure
-def sensitivity_by_variant(results: pl.DataFrame, path: Path, *, title: str = "",
-                           pool: Path | None = None) -> list[Path]:
-    """LR sensitivity per size (groups of bars, smallest N first) of every variant the runs hold: each combination
-    of the switches and member scalars that vary (``table.variant_columns``), e.g. qk-layernorm × QK-clip."""
+def _variant_bars(ax: Any, results: pl.DataFrame, legend: int = 6) -> None:
+    """Groups of bars on ``ax``: per size (smallest N first), the LR sensitivity of every variant the runs hold, i.e.
+    each combination of the switches and member scalars that vary (``table.variant_columns``)."""
     by = table.variant_columns(results)
     s = sensitivity_frame(results, by).sort(N_PARAMS)
-    sizes = table.sizes(s)
-    keys = [c for c in by if c != SIZE]
+    sizes, keys = table.sizes(s), [c for c in by if c != SIZE]
     variants = s.select(keys).unique(maintain_order=True).rows() if keys else [()]
-    fig, ax = plt.subplots(figsize=(max(4.6, 1.2 * len(sizes) * max(1, len(variants)) / 3), 3.6))
     width = 0.8 / max(1, len(variants))
     for j, variant in enumerate(variants):
         part = s
         for k, v in zip(keys, variant):
             part = part.filter(pl.col(k).is_null() if v is None else pl.col(k) == v)
         heights = [part.filter(pl.col(SIZE) == size)["lr_sensitivity"].mean() for size in sizes]
-        name = ", ".join(f"{k.split('.')[-1]}={'off' if v is None else v}" for k, v in zip(keys, variant)) or "all"
+        label = ", ".join(f"{k.split('.')[-1]}={'off' if v is None else v}" for k, v in zip(keys, variant))
         ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(sizes))],
-               [h if h is not None else float("nan") for h in heights], width, label=name)
+               [h if h is not None else float("nan") for h in heights], width, label=label or "all")
     ax.set_xticks(range(len(sizes)))
     ax.set_xticklabels([str(x).replace(" (", "\n(") for x in sizes], fontsize=7)
-    ax.set_xlabel("size")
     ax.set_ylabel("LR sensitivity")
-    ax.set_title("LR sensitivity by variant and size", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=legend)
+
+
+@figure
+def sensitivity_by_variant(results: pl.DataFrame, path: Path, *, title: str = "",
+                           pool: Path | None = None) -> list[Path]:
+    """LR sensitivity per size of every variant the runs hold (``_variant_bars``), e.g. qk-layernorm × QK-clip."""
+    n = max(1, len(table.sizes(results)))
+    fig, ax = plt.subplots(figsize=(max(4.6, 2.2 * n), 3.6))
+    _variant_bars(ax, results)
+    ax.set_xlabel("size")
+    ax.set_title("LR sensitivity by variant and size", fontsize=10)
+    return _save(fig, path)
+
+
+def beyond_summary(results: dict[str, pl.DataFrame], path: Path) -> list[Path]:
+    """The mitigations after the paper side by side: one panel per family (``_variant_bars``): the LR sensitivity of
+    each of its variants (its switches crossed with qk-layernorm and the rest) at every size."""
+    names = [n for n, r in results.items() if r.height]
+    cols = min(2, max(1, len(names)))
+    rows_ = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows_, cols, figsize=(6.4 * cols, 3.8 * rows_), squeeze=False)
+    panels = [a for row in axes for a in row]
+    for ax, name in zip(panels, names):
+        _variant_bars(ax, results[name], legend=5)
+        ax.set_title(name, fontsize=10)
+    for ax in panels[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Beyond the paper: LR sensitivity by mitigation and size", fontsize=11)
     return _save(fig, path)
 
 

@@ -136,6 +136,30 @@ def _reproduce_locked(exp: dict[str, Any], scale: str, spec: dict[str, Any], gro
     return record
 
 
+def summarise_beyond(out: Path, scale: str) -> ExperimentRecord | None:
+    """After ``reproduce beyond``: ``out/beyond/`` with the summary figure of every mitigation family reproduced
+    into ``out`` (``plots.beyond_summary``) and a record the report shows, the families' verdict counts as its rows."""
+    done = {name: out / name for name in catalogue.BEYOND if (out / name / "results.parquet").exists()}
+    if not done:
+        return None
+    folder = out / "beyond"
+    with store.lock(folder):
+        results = {name: pl.read_parquet(d / "results.parquet") for name, d in done.items()}
+        figures = plots.beyond_summary(results, folder / "figures" / "summary")
+        verdicts = []
+        for name, d in done.items():
+            rec = ExperimentRecord.read(d / "verdicts.json")
+            verdicts.append(Verdict(name, f"{rec.reproduced}/{len(rec.verdicts)} claims",
+                                    "; ".join(f"{v.verdict}: {v.claim}" for v in rec.verdicts)))
+        record = ExperimentRecord(
+            name="beyond", title="Beyond the paper: every mitigation family, LR sensitivity by variant and size",
+            paper="The mitigations adopted after the paper, under its lens (README: Beyond the paper).", scale=scale,
+            command=f"proxyscale reproduce beyond --scale {scale}", seconds=0.0,
+            figures=[str(p.relative_to(folder)) for p in figures], verdicts=verdicts)
+        record.write(folder / "verdicts.json")
+    return record
+
+
 def sensitivity_table(results: pl.DataFrame, exp: dict[str, Any]) -> pl.DataFrame:
     from .analysis import sensitivity_frame
 
