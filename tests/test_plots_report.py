@@ -13,6 +13,7 @@ ARGS = {  # kind: arguments beyond results/path/pool, as an experiment file woul
                    "logy": [False, True]},
     "metric_vs": {"x": "member.lr", "y": ["final_eval_loss", "attn_logit_max/0"], "logy": [False, True]},
     "prediction": {},
+    "sensitivity_by_variant": {},
 }
 
 
@@ -37,6 +38,12 @@ def test_every_figure_kind_is_drawn(ran):
         assert paths and all(p.exists() and p.stat().st_size > 1000 for p in paths), kind
 
 
+def test_the_beyond_summary_draws_a_panel_per_family(ran, tmp_path):
+    results, _ = ran
+    paths = plots.beyond_summary({"qkclip": results, "norms": results, "empty": results.clear()}, tmp_path / "s")
+    assert paths and all(p.exists() and p.stat().st_size > 1000 for p in paths)
+
+
 def test_the_report_is_built_from_records(tmp_path):
     exp = tmp_path / "fig1"
     exp.mkdir()
@@ -52,3 +59,20 @@ def test_the_report_is_built_from_records(tmp_path):
     assert "damaged and set aside" in report.build(tmp_path).read_text()
     assert any(p.name.startswith("verdicts.json.damaged-") for p in (tmp_path / "fig2").iterdir())
     assert pl.DataFrame(records.ExperimentRecord.read(exp / "verdicts.json").sensitivity).height == 1
+
+
+def test_reproduce_beyond_summarises_the_families_it_finds(ran, tmp_path):
+    from proxyscale import reproduce
+
+    results, _ = ran
+    assert reproduce.summarise_beyond(tmp_path, "micro") is None  # nothing reproduced: nothing written
+    assert not (tmp_path / "beyond").exists()
+    (tmp_path / "qkclip").mkdir()
+    results.write_parquet(tmp_path / "qkclip" / "results.parquet")
+    records.ExperimentRecord(name="qkclip", title="QK-clip", scale="micro", seconds=1.0, command="c", figures=[],
+                             verdicts=[records.Verdict("clip helps", "reproduced", "0.2 vs 0.3")]
+                             ).write(tmp_path / "qkclip" / "verdicts.json")
+    rec = reproduce.summarise_beyond(tmp_path, "micro")
+    assert rec.verdicts[0].claim == "qkclip" and rec.verdicts[0].verdict == "1/1 claims"
+    assert (tmp_path / "beyond" / rec.figures[0]).exists()
+    assert "Beyond the paper" in report.build(tmp_path).read_text()
