@@ -511,3 +511,17 @@ def test_a_group_with_every_stateful_switch_resumes_bit_for_bit(tmp_path):
     a, b = (pl.read_parquet(tmp_path / d / "metrics.parquet").drop("tokens_per_s") for d in ("full", "resumed"))
     assert a.equals(b)
     assert a["zclip_clips"].max() > 0 and a["qk_clip_heads"].max() > 0, "the switches never acted: nothing tested"
+
+
+def test_train_prints_a_switch_that_is_off_as_off(tmp_path, capsys):
+    """A member scalar at null (the switch off) beside one that is on: the summary table says "off", not a crash."""
+    import yaml
+
+    from proxyscale.cli import main
+
+    raw = tiny(model={"qk_layernorm": False}, train={"steps": 4, "eval_every": 2},
+               members={"lr": [1e-2], "attn_softcap": [None, 5.0], "qk_clip": [None, 3.0]})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "g.yaml"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "attn_softcap" in out and "off" in out

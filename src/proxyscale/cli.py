@@ -50,7 +50,11 @@ def _fmt(x: float | None) -> str:
 
 def print_summary(summary: GroupSummary, title: str) -> None:
     members = summary.members
-    varying = [n for n in MEMBER_SCALARS if len({m[n] for m in members}) > 1]
+    varying = [n for n in MEMBER_SCALARS if len({m.get(n) for m in members}) > 1]
+
+    def scalar(value: Any) -> str:  # a switch that is off (null) reads "off"
+        return "off" if value is None else str(value) if isinstance(value, bool) else f"{value:g}"
+
     table = Table(title=title)
     table.add_column("member", justify="right")
     for n in varying:
@@ -59,11 +63,11 @@ def print_summary(summary: GroupSummary, title: str) -> None:
         table.add_column(col, justify="right")
     for m in members:
         div = f"yes (step {m['diverged_step']})" if m["diverged"] else "no"
-        table.add_row(str(m["member"]), *[f"{m[n]:g}" if not isinstance(m[n], bool) else str(m[n]) for n in varying],
+        table.add_row(str(m["member"]), *[scalar(m[n]) for n in varying],
                       _fmt(m["l0"]), _fmt(m["final_eval_loss"]), div)
     console.print(table)
     for row in summary.lr_sensitivity:
-        fixed = ", ".join(f"{n}={row[n]:g}" for n in varying if n != "lr" and n in row)
+        fixed = ", ".join(f"{n}={scalar(row[n])}" for n in varying if n != "lr" and n in row)
         lrs = ", ".join(f"{lr:g}" for lr in row["lrs"])
         console.print(f"LR sensitivity{' (' + fixed + ')' if fixed else ''} over LR {{{lrs}}}: "
                       f"[bold]{row['lr_sensitivity']:.4f}[/bold]")
