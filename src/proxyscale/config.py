@@ -473,14 +473,14 @@ def _validate_mitigations(cfg: GroupConfig) -> None:
             if value is not None and not value > 0:
                 where = f"members.{name}" if name in cfg.members else f"{MEMBER_SECTION[name]}.{name}"
                 raise ConfigError(f"{where}: must be > 0, got {value}; use null to switch it off")
-    for where, value, low_open in [("optim.qk_clip_alpha", o.qk_clip_alpha, False),
-                                   ("model.depth_alpha", m.depth_alpha, False),
-                                   ("optim.zclip_alpha", o.zclip_alpha, True),
-                                   ("optim.muon_momentum", o.muon_momentum, False)]:
-        if value is None:
-            continue
-        if not (0 < value < 1 if low_open else 0 <= value <= 1) or (where == "optim.muon_momentum" and value == 1):
-            valid = "(0, 1)" if low_open else "[0, 1)" if where == "optim.muon_momentum" else "[0, 1]"
+    # (field, value, its valid interval as written in the error): "[" / "]" include the end, "(" / ")" exclude it
+    for where, value, valid in [("optim.qk_clip_alpha", o.qk_clip_alpha, "[0, 1]"),
+                                ("model.depth_alpha", m.depth_alpha, "[0, 1]"),
+                                ("optim.zclip_alpha", o.zclip_alpha, "(0, 1)"),
+                                ("optim.muon_momentum", o.muon_momentum, "[0, 1)")]:
+        low_ok = value is None or (value >= 0 if valid[0] == "[" else value > 0)
+        high_ok = value is None or (value <= 1 if valid[-1] == "]" else value < 1)
+        if not (low_ok and high_ok):
             raise ConfigError(f"{where}: must be in {valid}, got {value}")
     for where, value in [("optim.atan2_a", o.atan2_a), ("optim.atan2_b", o.atan2_b),
                          ("model.base_depth", m.base_depth)]:

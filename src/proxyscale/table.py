@@ -204,22 +204,27 @@ def mitigation_columns(metrics: pl.DataFrame, member: dict[str, Any], steps: int
     """``MITIGATION_COLUMNS`` of one member from its per-step ``metrics`` (those its switches did not record: absent)."""
     out: dict[str, Any] = {}
     train = metrics.filter(pl.col("loss").is_not_null()) if "loss" in metrics.columns else metrics
-    for stem in ("attn_logit_max", "attn_logit_max_capped"):
-        layers = [c for c in train.columns if c.startswith(stem + "/") and c.split("/")[1].isdigit()]
-        if layers:
-            out[f"{stem}/all:max"] = train.select(pl.max_horizontal(layers).max()).item()
+    layers = {stem: [c for c in train.columns if c.startswith(stem + "/") and c.split("/")[1].isdigit()]
+              for stem in ("attn_logit_max", "attn_logit_max_capped")}  # per layer: attn_logit_max/0, /1, ...
+    for stem, columns in layers.items():
+        if columns:
+            out[f"{stem}/all:max"] = train.select(pl.max_horizontal(columns).max()).item()
     if "qk_clip_heads" in train.columns and train.height:
         heads = train["qk_clip_heads"].fill_null(0.0)
         out["qk_clip_fraction"] = float((heads > 0).mean())
         tau, fired = member.get("qk_clip"), train.filter(heads > 0)
-        layers = [c for c in train.columns if c.startswith("attn_logit_max/") and c.split("/")[1].isdigit()]
-        if tau and fired.height and layers:
+        if tau and fired.height and layers["attn_logit_max"]:
             after = train.filter(pl.col("step") > fired["step"].min())
-            peak = after.select(pl.max_horizontal(layers).max()).item() if after.height else None
+            peak = after.select(pl.max_horizontal(layers["attn_logit_max"]).max()).item() if after.height else None
             out["qk_clip_delta"] = peak / tau - 1.0 if peak is not None else None
     if "zclip_clips" in train.columns and train.height:
         out["zclip_fraction"] = float(train["zclip_clips"].drop_nulls().max() or 0.0) / steps
     return out
+
+
+_MEMBER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(config_mod.Member)
+                    if f.default is not dataclasses.MISSING}
+"""The member scalars with a default (those added after the paper, off), read into rows of older summaries."""
 
 
 def _known_row(cfg: GroupConfig, gid: str, labels: dict[str, Any], member: int, scalars: Any) -> dict[str, Any]:
@@ -227,9 +232,8 @@ def _known_row(cfg: GroupConfig, gid: str, labels: dict[str, Any], member: int, 
     and the member's scalars (``scalars``: a mapping or a ``config.Member``)."""
     flat = {k: v for k, v in flatten(identity(cfg)).items() if not k.startswith("members.")}
     # an older summary lacks the scalars added after the paper: those were off (``Member``'s defaults)
-    defaults = {f.name: f.default for f in dataclasses.fields(config_mod.Member)
-                if f.default is not dataclasses.MISSING}
-    get = (lambda k: scalars.get(k, defaults.get(k))) if isinstance(scalars, dict) else lambda k: getattr(scalars, k)
+    get = (lambda k: scalars.get(k, _MEMBER_DEFAULTS.get(k))) if isinstance(scalars, dict) else \
+        lambda k: getattr(scalars, k)
     return {"group": gid, "member": member, **{f"label.{k}": v for k, v in labels.items()}, **flat,
             **{f"member.{k}": get(k) for k in config_mod.MEMBER_SCALARS}}
 
