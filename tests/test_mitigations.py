@@ -4,7 +4,6 @@ the member axis keeps its promises; and each does what its reference code does."
 import hashlib
 import json
 import math
-import platform
 from pathlib import Path
 
 import pytest
@@ -43,37 +42,73 @@ SWITCHES = {  # each switch on, over a group without qk-layernorm where the mech
 }
 
 
-def _machine_like_the_golden() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return torch.__version__ == GOLDEN["torch"] and all(f in flags for f in GOLDEN["cpu_flags"]) \
-        and platform.machine() == "x86_64"
+# The golden numbers were recorded on another machine (an AMX CPU), so they are compared with a tolerance, and the
+# bit-for-bit half of the promise is checked in this process (below). The tolerance is measured (issue 21): the two
+# cases trained on a 2-core AMD EPYC with AVX512-BF16 and no AMX, once with torch's native kernels (AVX512) and once
+# each with its AVX2 and default kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), against
+# the golden's AMX machine: four kernel sets, six pairs.
+# - Every stable member (both members with qk-layernorm, LR 0.03 without): training losses within 7.3e-6 (relative)
+#   at every step, final eval losses within 5.5e-7. Compared at GOLDEN_REL = 1e-4, 14x the widest measured spread.
+#   What that still catches, measured on the LR 0.01 member with qk-layernorm over its first 10 steps: a final-logit
+#   soft-cap of 30 left on moves the loss by 2e-5 to 1e-3 (past 1e-4 at 8 of 10 steps), reordered norms by 2e-3 to
+#   2e-2; an attention soft-cap of 50 barely binds at these logits (at most 3e-5) and would pass, which is why the
+#   bit-for-bit check in one process, not the golden, is what holds a switch off.
+# - The LR 0.3 member without qk-layernorm is the instability this project studies: its loss amplifies a last-digit
+#   difference about tenfold a step (spread 1e-7 up to step 4, 1e-5 at step 5, 1e-3 at step 7, 4e-2 by step 19), so
+#   a stored trajectory says nothing about its later steps on another CPU. It is compared over its first
+#   GOLDEN_CHAOTIC_STEPS = 4 steps (spread at most 1.2e-7 there), and bit for bit against the same process's run.
+GOLDEN_REL = 1e-4
+GOLDEN_CHAOTIC = {"plain_coupled": [1]}  # members whose trajectory is chaotic after a few steps (see above)
+GOLDEN_CHAOTIC_STEPS = 4
+
+
+def _per_member(losses: list[float], k: int) -> list[list[float]]:
+    """The metrics log's loss column (steps x members, member fastest) as one list per member."""
+    return [losses[m::k] for m in range(k)]
 
 
 @pytest.mark.parametrize("case", list(GOLDEN_CASES))
-@pytest.mark.parametrize("explicit", [False, True], ids=["defaults", "switches-named-off"])
-def test_every_switch_off_is_todays_group_bit_for_bit(tmp_path, case, explicit):
-    """Trained with every post-paper field at its off value (left out, or named), a group gives the numbers the code
-    gave before those fields existed: the same weights (sha256) and losses. Bit for bit where the machine matches the
-    one that recorded them (torch and CPU ISA: fp32 kernels differ between AVX2 and AVX512); else to 1e-6."""
+def test_every_switch_off_is_todays_group_bit_for_bit(tmp_path, case):
+    """Trained with every post-paper field at its off value, a group is the group without those fields: left out or
+    named off, the same weights (sha256), losses and eval losses, bit for bit in this process. And both give the
+    numbers the code gave before those fields existed (golden/switches_off.json, recorded on another CPU), to the
+    measured cross-CPU tolerance above: every stable member at every step, the chaotic one over its first steps."""
     raw = GOLDEN_CASES[case]
-    if explicit:
-        raw = {**raw, "model": {**raw["model"], **OFF["model"]}, "optim": {**raw["optim"], **OFF["optim"]}}
-    cfg = config.from_dict(raw)
-    run_ = GroupRun(cfg, tmp_path / "out")
-    summary = run_.run()
+    named_off = {**raw, "model": {**raw["model"], **OFF["model"]}, "optim": {**raw["optim"], **OFF["optim"]}}
+    got = {}
+    for name, r in (("left out", raw), ("named off", named_off)):
+        run_ = GroupRun(config.from_dict(r), tmp_path / name.replace(" ", "_"))
+        summary = run_.run()
+        got[name] = (hashlib.sha256(run_.fp.flat.numpy().tobytes()).hexdigest(),
+                     run_.log.frame()["loss"].drop_nulls().to_list(),
+                     [m["final_eval_loss"] for m in summary.members])
+    assert got["left out"] == got["named off"]  # bit for bit, one process
+    _, loss, final = got["left out"]
     golden = GOLDEN["cases"][case]
-    loss = run_.log.frame()["loss"].drop_nulls().to_list()
-    if _machine_like_the_golden():
-        assert hashlib.sha256(run_.fp.flat.numpy().tobytes()).hexdigest() == golden["weights_sha256"]
-        assert loss == golden["loss"]
-        assert [m["final_eval_loss"] for m in summary.members] == golden["final_eval_loss"]
-    else:  # loud: the bit-for-bit half of this check needs the recording machine's kernels
-        print(f"NOTE: not the golden's machine (torch {torch.__version__}); compared to 1e-6, not bit for bit")
-        assert loss == pytest.approx(golden["loss"], rel=1e-6)
+    k = len(final)
+    assert len(loss) == len(golden["loss"])
+    for m, (mine, theirs) in enumerate(zip(_per_member(loss, k), _per_member(golden["loss"], k))):
+        if m in GOLDEN_CHAOTIC.get(case, []):
+            mine, theirs = mine[:GOLDEN_CHAOTIC_STEPS], theirs[:GOLDEN_CHAOTIC_STEPS]
+        else:
+            assert final[m] == pytest.approx(golden["final_eval_loss"][m], rel=GOLDEN_REL), m
+        assert mine == pytest.approx(theirs, rel=GOLDEN_REL), m
     # and the run id is the one it had before the switches existed: cached results stay valid
     from proxyscale import table
-    assert table.identity(cfg) == table.identity(config.from_dict(GOLDEN_CASES[case]))
+    cfg = config.from_dict(named_off)
+    assert table.identity(cfg) == table.identity(config.from_dict(raw))
     assert not any(k in json.dumps(table.identity(cfg)) for k in ("softcap", "qk_clip", "zclip", "optimizer"))
+
+
+def test_the_golden_tolerance_catches_a_switch_left_on(tmp_path):
+    """The tolerance above is no blanket: the same group with one post-paper switch on (a final-logit soft-cap of
+    30, as Gemma 2 uses) leaves it in the first steps of a stable member."""
+    raw = GOLDEN_CASES["qk_layernorm"]
+    run_ = GroupRun(config.from_dict({**raw, "model": {**raw["model"], "final_softcap": 30.0}}), tmp_path / "on")
+    run_.run()
+    loss = _per_member(run_.log.frame()["loss"].drop_nulls().to_list(), 2)[0]
+    golden = _per_member(GOLDEN["cases"]["qk_layernorm"]["loss"], 2)[0]
+    assert loss != pytest.approx(golden, rel=GOLDEN_REL)
 
 
 @pytest.mark.parametrize("switch", list(SWITCHES))
