@@ -76,3 +76,31 @@ def test_reproduce_beyond_summarises_the_families_it_finds(ran, tmp_path):
     assert rec.verdicts[0].claim == "qkclip" and rec.verdicts[0].verdict == "1/1 claims"
     assert (tmp_path / "beyond" / rec.figures[0]).exists()
     assert "Beyond the paper" in report.build(tmp_path).read_text()
+
+
+def test_report_accepts_what_train_writes(tmp_path, capsys, make_raw):
+    """Issue 21 §3: ``proxyscale report DIR`` on a ``proxyscale train`` folder: its members' curves, their final
+    losses and the group's LR sensitivity; an unfinished group says how to finish it (one line, exit 2)."""
+    import yaml
+
+    from proxyscale.cli import main
+
+    raw = make_raw(train={"steps": 6, "eval_every": 3}, members={"lr": [1e-3, 1e-2, 1e-1]})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "g.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    summary = records.GroupSummary.read(tmp_path / "run" / "summary.json")
+    assert "group run: 3 members" in page and "<th>lr</th>" in page and "data:image/png;base64," in page
+    assert f"{summary.lr_sensitivity[0]['lr_sensitivity']:.4f}" in page
+    for m in summary.members:  # each member's final eval loss in the table
+        assert f"{m['final_eval_loss']:.4g}" in page
+    assert (tmp_path / "run" / "figures" / "group.png").exists()
+    from proxyscale import store
+    assert store.damage(tmp_path / "run") is None  # the report's files leave the finished group whole
+    capsys.readouterr()
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    assert main(["report", str(tmp_path / "half")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has not finished" in err and "proxyscale train" in err, err

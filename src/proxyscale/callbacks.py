@@ -20,6 +20,13 @@ from typing import Any
 import numpy as np
 
 
+def best_loss(columns: dict[str, np.ndarray]) -> float | None:
+    """The lowest finite training loss over a logged row's members (None when every member has diverged)."""
+    loss = np.asarray(columns.get("loss", []), dtype=float)
+    finite = loss[np.isfinite(loss)]
+    return float(finite.min()) if finite.size else None
+
+
 class Callback:
     """Does nothing at each point; override what you need (module docstring)."""
 
@@ -70,11 +77,11 @@ class StepEnd(Callback):
 
 
 class Progress(Callback):
-    """A group's progress on a rich ``Progress`` or a ``progress.Lines``: the step, tokens/s and the largest max
-    attention logit of any member and layer (the task's ``tps`` and ``logit`` fields, which the CLI's columns and
-    ``Lines`` print; this class is the one place that names them)."""
+    """A group's progress on a rich ``Progress`` or a ``progress.Lines``: the step, tokens/s, the largest max
+    attention logit of any member and layer, and the best member's loss (the task's ``tps``, ``logit``, ``loss`` and
+    ``members`` fields, which the CLI's columns and ``Lines`` print; this class is the one place that names them)."""
 
-    FIELDS = ("tps", "logit")
+    FIELDS = ("tps", "logit", "loss", "members")
 
     def __init__(self, progress: Any) -> None:
         self.progress, self.task, self.total = progress, None, 0
@@ -82,7 +89,8 @@ class Progress(Callback):
 
     def on_start(self, run: Any) -> None:
         self.total = run.cfg.train.steps
-        self.task = self.progress.add_task("train", total=self.total, completed=run.next_step, tps=0.0, logit=0.0)
+        self.task = self.progress.add_task("train", total=self.total, completed=run.next_step, tps=0.0, logit=0.0,
+                                           loss=None, members=len(run.members))
 
     def on_logged(self, step: int, columns: dict[str, np.ndarray]) -> None:
         logits = [float(np.nanmax(v)) for k, v in columns.items() if k.startswith("attn_logit_max/")
@@ -91,7 +99,7 @@ class Progress(Callback):
             self.logit = max(logits)
         if "tokens_per_s" in columns and self.task is not None:
             self.progress.update(self.task, completed=step + 1, tps=float(columns["tokens_per_s"][0]),
-                                 logit=self.logit)
+                                 logit=self.logit, loss=best_loss(columns))
 
     def on_finish(self, summary: Any) -> None:
         if self.task is not None:

@@ -123,9 +123,52 @@ def _monitor_record(root: Path) -> ExperimentRecord:
                             verdicts=[Verdict(a["cause"], f"alarm at step {a['step']}", a["message"]) for a in alarms])
 
 
+def _group_record(root: Path) -> ExperimentRecord:
+    """A finished ``proxyscale train`` folder as one report section: each member's curves (loss, the largest
+    attention logit, log Z), the members' table and the group's LR sensitivity, no claims."""
+    import polars as pl
+
+    from . import plots
+    from .records import GroupSummary
+
+    why = store.damage(root)
+    if why is not None:
+        raise store.StoreError(f"{root}: a finished group, but {why}; rerun proxyscale train into it to rebuild it",
+                               exit_code=2)
+    summary = GroupSummary.read(root / "summary.json")
+    metrics = pl.read_parquet(root / "metrics.parquet")
+    logits = sorted(c for c in metrics.columns if c.startswith("attn_logit_max/"))
+    if logits:  # the largest attention logit over layers, one column to plot
+        metrics = metrics.with_columns(pl.max_horizontal(logits).alias("attn_logit_max"))
+    columns = [c for c in ("loss", "attn_logit_max", "log_z_mean") if c in metrics.columns]
+    varying = [n for n in summary.members[0] if n not in ("member", "l0", "final_eval_loss", "diverged",
+               "diverged_step") and len({str(m.get(n)) for m in summary.members}) > 1] if summary.members else []
+
+    def label(m: dict[str, Any]) -> str:
+        return ", ".join(f"{n}={m[n]:g}" if isinstance(m[n], float) else f"{n}={m[n]}" for n in varying) \
+            or f"member {m['member']}"
+
+    frames = {label(m): metrics.filter(pl.col("member") == m["member"]) for m in summary.members}
+    figures = plots.curves_over_steps(frames, root / "figures" / "group", columns, f"group {root.name}",
+                                      [False, True, False])
+    rows = [{"member": m["member"], **{n: m[n] for n in varying}, "l0": m["l0"],
+             "final eval loss": m["final_eval_loss"], "diverged": f"step {m['diverged_step']}" if m["diverged"]
+             else "no"} for m in summary.members]
+    sensitivity = "; ".join(
+        "LR sensitivity" + (f" ({', '.join(f'{n}={r[n]}' for n in varying if n != 'lr' and n in r)})" if varying else "")
+        + f" over LR {{{', '.join(f'{lr:g}' for lr in r['lrs'])}}}: {r['lr_sensitivity']:.4f}"
+        for r in summary.lr_sensitivity)
+    return ExperimentRecord(name=root.name, title=f"group {root.name}: {len(summary.members)} members, N = "
+                            f"{summary.n_params:,}, {summary.steps:,} steps", scale="",
+                            command=f"proxyscale train CONFIG.yaml --out {root}", seconds=summary.seconds or 0.0,
+                            figures=[str(p.relative_to(root)) for p in figures], verdicts=[], sensitivity=rows,
+                            why=sensitivity or "one LR per setting: no LR sensitivity (it needs at least two LRs)")
+
+
 def build(root: Path) -> Path:
-    """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``), or
-    from a sweep directory's ``results.parquet``. Damaged records are set aside and named in the page."""
+    """Write ``root/report.html`` from every ``root/<experiment>/verdicts.json`` (or ``root/verdicts.json``), from
+    a sweep directory's ``results.parquet``, a monitor folder or a finished ``proxyscale train`` group folder.
+    Damaged records are set aside and named in the page."""
     root = Path(root)
     from .experiments import names
 
@@ -134,12 +177,17 @@ def build(root: Path) -> Path:
     records += [root / "verdicts.json"] if (root / "verdicts.json").exists() else []
     sweep_dir = not records and (root / "results.parquet").exists()
     monitor_dir = not records and (root / "monitor.json").exists()
-    if not records and not sweep_dir and not monitor_dir:
-        raise store.StoreError(f"{root}: no reproduced experiments (*/verdicts.json), sweep results "
-                               "(results.parquet) or monitor (monitor.json) found; run proxyscale reproduce or sweep "
-                               "first", exit_code=2)
+    group_dir = not records and not sweep_dir and not monitor_dir and (root / "summary.json").exists()
+    if not records and not sweep_dir and not monitor_dir and not group_dir:
+        unfinished = (root / "config.json").exists()
+        raise store.StoreError(
+            f"{root}: a group that has not finished (no summary.json); rerun its proxyscale train command to finish it"
+            if unfinished else f"{root}: no reproduced experiments (*/verdicts.json), sweep results (results.parquet), "
+            "finished group (summary.json) or monitor (monitor.json) found; run proxyscale reproduce, sweep or train "
+            "first", exit_code=2)
     sections, summary, damaged = [], [], []
     loaded = ([(root, _sweep_record(root))] if sweep_dir else [(root, _monitor_record(root))] if monitor_dir
+              else [(root, _group_record(root))] if group_dir
               else [(path.parent, _read_record(path)) for path in records])
     for folder, rec in loaded:
         if rec is None:

@@ -171,13 +171,16 @@ def train_job(job: tuple[str, dict, str, int, int | None]) -> tuple[str, bool]:
     """The one job every executor runs (top-level, so it pickles): train group ``id`` into ``pool/<id>``; returns
     (id, whether this job trained it: False when another sweep did, while this one waited)."""
     gid, raw_cfg, pool, threads, grow = job
+    from .progress import Heartbeat
     from .train import train_group
 
     cfg = config_mod.from_dict(raw_cfg)
     # threads auto: at most the cores the executor gave this group (so workers never oversubscribe), fewer where
     # other work holds them (threads.choose), more (up to ``grow``) once other workers finish; a group another
-    # worker holds: wait, then it is finished
-    _, trained = train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads, thread_max=grow)
+    # worker holds: wait, then it is finished. Trained wherever the executor put it (another process, a Ray or Slurm
+    # worker), the sweep's progress lines read how far it is from the group's heartbeat.json
+    _, trained = train_group(cfg, Path(pool) / gid, wait=True, thread_cap=threads, thread_max=grow,
+                             callbacks=[Heartbeat(Path(pool) / gid)])
     return gid, trained
 
 
@@ -292,7 +295,7 @@ def _follow(finished: Any, todo: list[Group], pool: Path, executor: ExecutorConf
 
     by_id = {g.id: g for g in todo}
     parallel = {"local": executor.workers, "slurm": executor.slurm_array_parallelism}.get(executor.kind, len(todo))
-    lines.set_weights({g.id: group_plan(g.id, g.cfg, g.labels, pool).flops for g in todo}, parallel)
+    lines.set_weights({g.id: group_plan(g.id, g.cfg, g.labels, pool).flops for g in todo}, parallel, pool)
     queue = list(todo)
     for g in queue[:parallel]:
         lines.group_started(g)
