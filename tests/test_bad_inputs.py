@@ -171,6 +171,27 @@ CASES = {
                                "no directory can be made under it"),
     "ray address garbage": (sweep(spec(), "--executor", "ray", "--ray-address", "garbage"),
                             "--ray-address 'garbage': not a Ray address"),
+    # issue 21 §4: the holes a new user found in the first hour
+    "empty group file": (lambda d: ["train", yaml_file(d, ""), "--out", str(d / "out")], "in.yaml: empty; a group file"),
+    "group file of comments only": (lambda d: ["train", yaml_file(d, "# nothing yet\n"), "--out", str(d / "out")],
+                                    "empty"),
+    "steps too many to log": (train(group(train={"steps": 10**11})), "fewer train.steps or a larger train.log_every"),
+    "steps as a float": (train(group(train={"steps": 1e30})), "train.steps: expected an integer"),
+    "log every step of a billion": (train(group(train={"steps": 10**9, "log_every": 1})), "train.log_every"),
+    "width too big for the machine": (train(group(model={"width": 10**6, "heads": 1})),
+                                      "a smaller model.width or model.depth"),
+    "out is a file, header not printed": (lambda d: ["train", yaml_file(d, group()), "--out", a_file(d)],
+                                          "is a file, not a directory"),
+    "sweep given a group file": (lambda d: ["sweep", yaml_file(d, group()), "--out", str(d / "out")],
+                                 "a group file (sections data, model, optim, train), not a sweep spec; train it with "
+                                 "proxyscale train"),
+    "sweep group too big": (sweep(spec(sizes=[{"width": 10**6, "depth": 1, "heads": 1}])),
+                            "group size=d1000000-L1 (1.2e+07M): train: a group of 2 members does not fit"),
+    "forecast workers zero": (lambda d: ["forecast", yaml_file(d, group()), "--workers", "0", "--out", str(d / "out")],
+                              "--workers: must be at least 1"),
+    "forecast target empty": (lambda d: ["forecast", yaml_file(d, ""), "--out", str(d / "out")], "empty"),
+    "reproduce too big for the machine": (lambda d: ["reproduce", "fig1", "--scale", "paper", "--out",
+                                                     str(d / "out")], "does not fit on cpu"),
 }
 
 
@@ -189,9 +210,11 @@ def test_bad_input(name, tmp_path, capsys):
     argv = build(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code = main(argv)
-    err = capsys.readouterr().err.strip()
+    out, err = capsys.readouterr()
+    err = err.strip()
     assert code == 2, (name, err)
     assert len(err.splitlines()) == 1, err
+    assert out == "", out  # refused before anything is printed (issue 21 §4: no header, then an error)
     assert expected in err, err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "something was written"
 

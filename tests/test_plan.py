@@ -79,3 +79,23 @@ def test_every_run_prints_its_totals_first(tmp_path, make_raw, capsys):
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
     assert out.index("4 groups (0 done, 0 resuming, 4 new), 8 runs") < out.index("results.parquet")
     assert all(table.run_id(g.cfg) == g.id for g in sweep.expand(tiny_spec(make_raw)))
+
+
+def test_what_a_plan_shows_is_what_will_run(tmp_path, capsys, monkeypatch):
+    """Issue 21 §5: ``reproduce beyond --plan`` is titled with beyond (not all), and a forecast's plan names the
+    switches its ladder trains with (examples/target_muonclip.yaml: Muon and QK-clip, qk-layernorm off)."""
+    from proxyscale import plan
+
+    monkeypatch.setattr(plan, "probe_step_seconds", lambda cfg: 0.01)  # the titles, not the probe, are tested here
+    assert main(["reproduce", "beyond", "--out", str(tmp_path / "r"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "plan: reproduce beyond --scale micro" in out and "reproduce all" not in out
+    assert "beyond (shared groups once):" in out and not (tmp_path / "r").exists()
+    muonclip = Path(__file__).parents[1] / "examples" / "target_muonclip.yaml"
+    assert main(["forecast", str(muonclip), "--out", str(tmp_path / "f"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the ladder trains with qk_layernorm=off, optimizer=muon, qk_clip=100.0" in out, out
+    target = Path(__file__).parents[1] / "examples" / "target.yaml"
+    assert main(["forecast", str(target), "--out", str(tmp_path / "f"), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the ladder trains with qk_layernorm=off" in out and "optimizer=" not in out, out

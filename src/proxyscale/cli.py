@@ -24,6 +24,7 @@ from . import threads
 threads.set_wait_policy()  # before anything imports torch: OpenMP reads it once, at start (threads.py)
 
 from . import config as config_mod  # noqa: E402
+from .callbacks import Callback  # noqa: E402
 from . import store  # noqa: E402
 from .config import MEMBER_SCALARS, ConfigError  # noqa: E402
 from .experiments import FORECAST_LADDERS, SCALES  # noqa: E402
@@ -73,25 +74,28 @@ def print_summary(summary: GroupSummary, title: str) -> None:
                       f"[bold]{row['lr_sensitivity']:.4f}[/bold]")
 
 
+class _Header(Callback):
+    """The group's header line, printed once the group is set up (data loaded, memory planned, the run directory
+    locked): every refusal comes before it, so a bad input is one line (issue 21 §4)."""
+
+    def on_start(self, run: Any) -> None:
+        k, m = len(run.members), run.cfg.model
+        console.print(f"group: {k} member{'s' if k > 1 else ''}, width {m.width}, depth {m.depth}, heads {m.heads}, "
+                      f"N = {run.n_params:,} non-embedding parameters, {run.cfg.train.steps} steps, {run.precision} "
+                      f"on {run.device}{', compiled' if run.compiled else ''}"
+                      + (f", resuming at step {run.next_step:,}" if run.next_step else ""))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_group  # deferred: torch loads only for commands that train
 
     cfg = config_mod.load(args.config, args.set + ([f"train.log_to={args.log_to}"] if args.log_to else []))
     out = Path(args.out)
-    k = len(cfg.member_list())
-    from .device import resolve_compile, resolve_device, resolve_precision
-    from .model import count_params
-
-    device = resolve_device(cfg.train.device)
-    console.print(f"group: {k} member{'s' if k > 1 else ''}, width {cfg.model.width}, depth {cfg.model.depth}, "
-                  f"heads {cfg.model.heads}, N = {count_params(cfg.model):,} non-embedding parameters, "
-                  f"{cfg.train.steps} steps, {resolve_precision(cfg.train.precision, device, cfg.model.width, cfg.data.batch_size * cfg.data.seq_len)} on {device}"
-                  f"{', compiled' if resolve_compile(cfg.train.compile, device) else ''}")
     progress = None if args.quiet else _progress()
     try:
         if progress:
             progress.start()
-        summary, trained = train_group(cfg, out, progress=progress)
+        summary, trained = train_group(cfg, out, progress=progress, callbacks=[_Header()])
     except KeyboardInterrupt:
         if progress:
             progress.stop()
@@ -174,7 +178,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from . import plan, sweep
 
     spec = sweep.with_log_to(sweep.load_spec(args.spec), args.log_to)
-    groups, _, pool, _ = sweep.prepare(spec, args.out, None, _executor(args))  # every check before anything is written
+    # every check before anything is written or printed
+    groups, _, pool, _ = sweep.prepare(spec, args.out, None, _executor(args), check_memory=not args.plan)
     if args.plan:
         _print_plan(plan.make(groups, pool, probe=True), f"plan: {args.spec} into {args.out}")
         return 0
@@ -233,19 +238,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     store.check_dir(out)
     from .executors import executor_config
 
-    executor_config(None, _executor(args))  # flags checked before anything runs
+    ex = executor_config(None, _executor(args))  # flags checked before anything runs
     groups = {}
     for name in names:
         exp = reproduce.load(name)
         groups[name] = sweep.expand(reproduce.sweep_spec(exp, args.scale, args.log_to))
         reproduce.resolved_claims(exp, args.scale, groups[name])  # a claim that matches no run fails here
     unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
+    if not args.plan:  # a group too big for this machine: one line before anything is printed
+        sweep.check_fits(unique, ex)
     if args.plan:
         p = plan.make(unique, out / "groups", probe=True)
         if len(names) == 1:
             _print_plan(p, f"plan: reproduce {args.name} --scale {args.scale} into {out}")
         else:
-            _print_experiments_plan(p, groups, args.scale)
+            _print_experiments_plan(p, groups, args.name, args.scale)
         return 0
     _plan_before_run(unique, out / "groups", f"reproduce {args.name} --scale {args.scale}")
     for name in names:
@@ -267,21 +274,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_experiments_plan(p: Any, groups: dict[str, list], scale: str) -> None:
-    """``reproduce all --plan``: one row per experiment (shared groups appear in each), then the unique total."""
+def _print_experiments_plan(p: Any, groups: dict[str, list], name: str, scale: str) -> None:
+    """``reproduce all|beyond --plan``: one row per experiment (shared groups appear in each), then the unique
+    total."""
     from .plan import Plan, fmt_count, fmt_seconds, summary
 
     by_id = {g.id: g for g in p.groups}
-    table = Table(title=f"plan: reproduce all --scale {scale}")
+    table = Table(title=f"plan: reproduce {name} --scale {scale}")
     for head in ("experiment", "groups", "runs", "tokens", "FLOPs", "pool", "estimate"):
         table.add_column(head, justify="left" if head in ("experiment", "pool") else "right")
-    for name, gs in groups.items():
+    for experiment, gs in groups.items():
         sub = Plan([by_id[g.id] for g in gs], p.device, probed=p.probed)
         t = summary(sub)
-        table.add_row(name, str(t["groups"]), str(t["runs"]), fmt_count(t["tokens"]), fmt_count(t["flops"]),
+        table.add_row(experiment, str(t["groups"]), str(t["runs"]), fmt_count(t["tokens"]), fmt_count(t["flops"]),
                       f"{t['done']} done, {t['resuming']} resuming, {t['new']} new", fmt_seconds(t["seconds"]))
     console.print(table)
-    console.print(f"all (shared groups once): {plan_line(p)}")
+    console.print(f"{name} (shared groups once): {plan_line(p)}")
     for g in p.groups:
         if g.note:
             console.print(f"[red]{g.id}[/red] ({g.labels.get('size', '')}): {g.note}", highlight=False)
@@ -295,13 +303,18 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     store.check_dir(out)
 
     target = forecast.load_target(args.target)  # a bad target fails before anything runs
-    executor_config(None, _executor(args))  # flags checked before anything runs
+    ex = executor_config(None, _executor(args))  # flags checked before anything runs
     ladder = sweep.expand(forecast.ladder_spec(target, args.scale))
+    if not args.plan:
+        sweep.check_fits(ladder, ex)
+    switches = forecast.ladder_switches(target)
+    trains_with = "; the ladder trains with " + (", ".join(f"{k.split('.')[-1]}={v}" for k, v in switches.items())
+                                                 if switches else "every switch at its default")
     if args.plan:
         _print_plan(plan.make(ladder, out / "groups", probe=True),
-                    f"plan: forecast {args.target} --scale {args.scale} into {out}")
+                    f"plan: forecast {args.target} --scale {args.scale} into {out}{trains_with}")
         return 0
-    _plan_before_run(ladder, out / "groups", f"forecast ladder ({args.scale})")
+    _plan_before_run(ladder, out / "groups", f"forecast ladder ({args.scale}){trains_with}")
     with _group_progress() as progress:
         rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
                            executor=_executor(args), log_to=args.log_to)

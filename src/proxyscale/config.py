@@ -592,9 +592,11 @@ def read_yaml(path: str, what: str) -> Any:
 def load(path: str, overrides: list[str] | None = None) -> GroupConfig:
     """Read a group YAML (or JSON) file, apply overrides, validate."""
     raw = read_yaml(path, "config file")
-    if raw is not None and not isinstance(raw, dict):
+    if raw is None:  # an empty file (or only comments) would train the defaults: a mistake more often than not
+        raise ConfigError(f"{path}: empty; a group file has sections model, data, train, optim, members (e.g. "
+                          "examples/lr_grid.yaml; write {} to train every default on purpose)")
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections model, data, train, optim, members")
-    raw = raw or {}
     for item in overrides or []:  # a scalar the file grids over under members would silently win over --set
         key = item.partition("=")[0].strip()
         why = shadowed_by_members(key, raw.get("members"))

@@ -196,13 +196,26 @@ def activation_bytes_per_sequence(width: int, depth: int, seq_len: int, vocab: i
     return seq_len * (blocks + 2 * vocab * b + 8 * vocab)
 
 
+BLAME = {  # what each part of a group's memory is made of: the fields a user changes to shrink it
+    "state": "the weights and optimizer state (model.width, model.depth, model.vocab) of every member",
+    "log": "the metrics log (train.steps / train.log_every logged rows of every member)",
+    "sequence": "one sequence's activations per member (data.seq_len, model.width, model.depth, model.vocab)",
+}
+ADVICE = {
+    "state": "a smaller model.width or model.depth, or fewer members per group (split members.lr)",
+    "log": "fewer train.steps or a larger train.log_every",
+    "sequence": "a shorter data.seq_len, a smaller model, or train.activation_checkpointing: true",
+}
+
+
 def plan_micro_batch(requested: int, batch: int, members: int, n_total: int, per_sequence: int,
                      device: torch.device, dtype: torch.dtype, free: int | None = None, host_log: int = 0) -> int:
     """Sequences per member computed at once: ``requested`` when > 0 (must divide the batch), else the largest
     divisor of the batch whose activations fit in 80% of the free memory left after the group's state.
-    Refuses, with the numbers, a group that cannot fit even one sequence per member. ``host_log``: the bytes the
-    metrics log grows to in host memory (``diagnostics.log_bytes``), which on a CPU shares the memory with the
-    state and activations; a group whose state and log alone do not fit is refused also at a requested size."""
+    Refuses, with the numbers, a group that cannot fit even one sequence per member, naming the part that is
+    largest and the fields that make it so (``BLAME``). ``host_log``: the bytes the metrics log grows to in host
+    memory (``diagnostics.log_bytes``), which on a CPU shares the memory with the state and activations; a group
+    whose state and log alone do not fit is refused also at a requested size."""
     if requested > 0 and batch % requested:
         raise ConfigError(f"train.micro_batch_size: {requested} does not divide data.batch_size {batch}; "
                           f"pick one of {[d for d in range(1, batch + 1) if batch % d == 0]}")
@@ -212,11 +225,13 @@ def plan_micro_batch(requested: int, batch: int, members: int, n_total: int, per
     room = int(0.8 * free) - state - log
     fits = room // max(1, members * per_sequence)
     if fits < 1:
+        parts = {"state": state, "log": log, "sequence": members * per_sequence}
+        largest = max(parts, key=parts.__getitem__)
         held = f"state {state / 2**30:.1f} GiB" + (f" + metrics log {log / 2**30:.1f} GiB" if log else "")
         raise ConfigError(
-            f"train: a group of {members} members does not fit on {device}: {held} + one sequence per member "
-            f"{members * per_sequence / 2**30:.2f} GiB > 80% of {free / 2**30:.1f} GiB free; train fewer members "
-            "per group (split members.lr), a smaller model" + (" or log less often (train.log_every)" if log else ""))
+            f"train: a group of {members} member{'s' if members > 1 else ''} does not fit on {device}: {held} + one "
+            f"sequence per member {members * per_sequence / 2**30:.2f} GiB > 80% of {free / 2**30:.1f} GiB free; "
+            f"the largest part is {BLAME[largest]}: {ADVICE[largest]}")
     if requested > 0:
         return requested
     return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= fits)

@@ -134,6 +134,19 @@ def lr_grid(lr: float) -> list[float]:
     return sorted(x for x in points if 1e-5 <= x <= 10)
 
 
+def ladder_switches(target: GroupConfig) -> dict[str, Any]:
+    """The interventions the ladder trains with that differ from the defaults (the target's: ``ladder_spec``), as
+    ``section.field: value``; what a plan or a forecast's header names so a user sees what the proxies run."""
+    from .config import ModelConfig, OptimConfig
+
+    model, optim = ModelConfig(), OptimConfig()
+    out = {f"model.{f}": getattr(target.model, f) for f in MODEL_INTERVENTIONS
+           if getattr(target.model, f) != getattr(model, f)}
+    out.update({f"optim.{f}": getattr(target.optim, f) for f in OPTIM_INTERVENTIONS
+                if getattr(target.optim, f) != getattr(optim, f)})
+    return out
+
+
 def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | None = None) -> dict[str, Any]:
     """The sweep spec of the proxy ladder: the scale's base settings, the target's interventions, warm-up as the
     same fraction of the run as the target's, one group per size over the LR grid."""

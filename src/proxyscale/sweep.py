@@ -164,6 +164,11 @@ def load_spec(path: str) -> dict[str, Any]:
     spec = config_mod.read_yaml(path, "sweep spec")
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    group_sections = sorted(set(spec) & set(config_mod.SECTIONS))
+    if group_sections and not set(spec) & {"base", "sizes", "axes"}:
+        raise ConfigError(f"{path}: a group file (sections {', '.join(group_sections)}), not a sweep spec; train it "
+                          f"with proxyscale train {path} --out DIR, or give sweep a spec with keys base, sizes, axes, "
+                          "members (e.g. examples/fig3_search.yaml)")
     return spec
 
 
@@ -208,9 +213,10 @@ def run_sweep(spec: dict[str, Any], out: str | Path, workers: int | None = None,
     return results
 
 
-def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, executor: dict[str, Any] | None = None
-            ) -> tuple[list[Group], Path, Path, ExecutorConfig]:
-    """Everything checked before anything is written: the spec, the executor, the directories, the corpora."""
+def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, executor: dict[str, Any] | None = None,
+            *, check_memory: bool = True) -> tuple[list[Group], Path, Path, ExecutorConfig]:
+    """Everything checked before anything is written: the spec, the executor, the directories, the corpora and
+    (unless ``check_memory`` is False, as for a plan, which notes it per group) that each group fits here."""
     groups = expand(spec)
     ex = executor_config(spec.get("executor"), executor)
     out = Path(out)
@@ -219,9 +225,27 @@ def prepare(spec: dict[str, Any], out: str | Path, pool: str | Path | None, exec
     store.check_dir(pool, "the group pool")
     for data_cfg in {g.cfg.data.corpus: g.cfg.data for g in groups}.values():
         check_corpus(data_cfg)
+    if check_memory:
+        check_fits(groups, ex)
     if ex.kind == "ray":  # joined now: an unreachable cluster is one line, before spec.json is written
         connect_ray(ex)
     return groups, out, pool, ex
+
+
+def check_fits(groups: list[Group], executor: ExecutorConfig) -> None:
+    """A group too big for this machine is refused before anything is printed or written, naming the group and the
+    field that makes it so (``train.memory_plan``). Only where the groups train here: a Ray or Slurm worker's device
+    is not this machine's."""
+    if executor.kind != "local":
+        return
+    from .train import memory_plan
+
+    for g in groups:
+        try:
+            memory_plan(g.cfg)
+        except ConfigError as err:
+            labels = ", ".join(f"{k}={v}" for k, v in g.labels.items())
+            raise ConfigError(f"group {labels or g.id}: {err}") from None
 
 
 def run_locked(spec: dict[str, Any], groups: list[Group], out: Path, pool: Path, executor: ExecutorConfig,

@@ -97,7 +97,7 @@ class GroupRun:
         self.precision = resolve_precision(t.precision, self.device, cfg.model.width,
                                            cfg.data.batch_size * cfg.data.seq_len)
         self.compiled = resolve_compile(t.compile, self.device)
-        self.log_every = t.log_every or (10 if self.device.type == "cuda" else 1)
+        self.log_every = log_every(t, self.device)
         self.rebalancer: threads.Rebalancer | None = None
         if t.threads > 0:  # the user's count is kept as given
             torch.set_num_threads(t.threads)
@@ -116,15 +116,8 @@ class GroupRun:
         self.specs = param_specs(cfg.model, self.vocab_size)
         self.n_params = count_params(cfg.model, self.vocab_size)
         dtype = compute_dtype(self.precision)
-        n_total = sum(math.prod(spec.shape) for spec in self.specs.values())
-        per_seq = activation_bytes_per_sequence(cfg.model.width, cfg.model.depth, cfg.data.seq_len, self.vocab_size,
-                                                dtype, t.activation_checkpointing)
         # refused here, before anything is written, when not even one sequence per member fits
-        logged = t.steps // self.log_every + t.steps // max(1, t.eval_every) + 2
-        host_log = log_bytes(K, logged, logged_columns(cfg.model.depth, len(self.specs)))
-        self.micro_batch = plan_micro_batch(t.micro_batch_size, cfg.data.batch_size, K, n_total, per_seq,
-                                            self.device, dtype, host_log=host_log)
-        self.memory_estimate = state_bytes(K, n_total, dtype) + K * self.micro_batch * per_seq
+        self.micro_batch, self.memory_estimate = memory_plan(cfg, self.device, self.precision, self.vocab_size)
         self.model = ProxyGPT(cfg.model, self.vocab_size, cfg.data.seq_len, self.device,
                               checkpoint_blocks=t.activation_checkpointing)
         self.batches = Batches(self.data, cfg.data, t.seed, self.device)
@@ -335,6 +328,37 @@ class GroupRun:
             seconds=round(self.seconds + time.perf_counter() - self._started, 2), members=members,
             tokens_per_s=float(tps.median()) if len(tps) else None,
             lr_sensitivity=sensitivity_table(self.members, fin, l0))
+
+
+def log_every(t: Any, device: torch.device) -> int:
+    """Steps between logged rows: ``train.log_every``, or auto (0): every step on a CPU, every 10th on a GPU, where
+    a logged step's device-to-host copy costs more than the step."""
+    return t.log_every or (10 if device.type == "cuda" else 1)
+
+
+def memory_plan(cfg: GroupConfig, device: torch.device | None = None, precision: str | None = None,
+                vocab_size: int | None = None) -> tuple[int, int]:
+    """(sequences per member computed at once, the group's estimated bytes) on ``device`` (default: the config's),
+    or a ConfigError naming the field that makes the group too big for it (``device.plan_micro_batch``). Costs no
+    allocation: ``proxyscale train`` asks it before it prints anything."""
+    from .data import vocab_size as of_vocab
+
+    t = cfg.train
+    device = device or resolve_device(t.device)
+    precision = precision or resolve_precision(t.precision, device, cfg.model.width,
+                                               cfg.data.batch_size * cfg.data.seq_len)
+    vocab_size = vocab_size or of_vocab(cfg.model.vocab)
+    specs = param_specs(cfg.model, vocab_size)
+    dtype = compute_dtype(precision)
+    k = len(cfg.member_list())
+    n_total = sum(math.prod(spec.shape) for spec in specs.values())
+    per_seq = activation_bytes_per_sequence(cfg.model.width, cfg.model.depth, cfg.data.seq_len, vocab_size, dtype,
+                                            t.activation_checkpointing)
+    logged = t.steps // log_every(t, device) + t.steps // max(1, t.eval_every) + 2
+    host_log = log_bytes(k, logged, logged_columns(cfg.model.depth, len(specs)))
+    micro = plan_micro_batch(t.micro_batch_size, cfg.data.batch_size, k, n_total, per_seq, device, dtype,
+                             host_log=host_log)
+    return micro, state_bytes(k, n_total, dtype) + k * micro * per_seq
 
 
 def _caps(members: list[Member], device: torch.device) -> Caps | None:
