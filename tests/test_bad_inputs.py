@@ -219,6 +219,29 @@ def test_bad_input(name, tmp_path, capsys):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "something was written"
 
 
+ISSUE_21 = ["empty group file", "steps too many to log", "width too big for the machine", "out is a file, header not "
+            "printed", "sweep given a group file", "sweep group too big", "forecast workers zero"]
+
+
+@pytest.mark.parametrize("name", ISSUE_21)
+def test_bad_input_as_a_user_runs_it(name, tmp_path):
+    """The cases a new user met (issue 21 §4), as that user ran them: the console command in a subprocess, stdout
+    and stderr as a terminal-less log sees them. One line on stderr, nothing on stdout, exit 2, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    build, expected = CASES[name]
+    argv = build(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "proxyscale", *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "400"})
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and expected in err, (proc.returncode, err)
+    assert proc.stdout == ""
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "something was written"
+
+
 def test_out_on_a_read_only_filesystem_is_one_line(tmp_path, capsys, monkeypatch):
     """A read-only place (a mounted dataset, /proc) cannot be faked without root-only mounts: statvfs is told so."""
     import os
