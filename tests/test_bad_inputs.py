@@ -153,9 +153,6 @@ CASES = {
     # issue 15 §10: the holes a new user found
     "axis on a member scalar": (sweep(spec(axes={"optim.lr": [0.01, 0.1]})),
                                 "axes.optim.lr: members.lr is listed"),
-    "axis on train.seed beside members.seed": (sweep(spec(axes={"train.seed": [0, 1]},
-                                                          members={"lr": [1e-3], "seed": [0, 1]})),
-                                               "axes.train.seed: members.seed is listed"),
     "duplicate key": (lambda d: ["train", yaml_file(d, "model: {width: 32, width: 64}\n"), "--out", str(d / "out")],
                       "key 'width' given twice"),
     "duplicate section": (lambda d: ["sweep", yaml_file(d, "name: t\naxes: {model.qk_layernorm: [head]}\n"
@@ -190,6 +187,18 @@ CASES = {
     "forecast workers zero": (lambda d: ["forecast", yaml_file(d, group()), "--workers", "0", "--out", str(d / "out")],
                               "--workers: must be at least 1"),
     "forecast target empty": (lambda d: ["forecast", yaml_file(d, ""), "--out", str(d / "out")], "empty"),
+    # issue 22: seeds
+    "seeds zero": (sweep(spec(seeds=0)), "seeds: a count from 1 to 1000, got 0"),
+    "seeds text": (sweep(spec(seeds="three")), "seeds: expected a count (e.g. 3) or a list"),
+    "seeds repeated": (sweep(spec(seeds=[1, 1])), "seeds: expected a non-empty list of distinct integers"),
+    "seeds negative": (sweep(spec(seeds=[0, -1])), "seeds: expected a non-empty list of distinct integers"),
+    "seeds beside members.seed": (sweep(spec(seeds=2, members={"lr": [1e-3], "seed": [0]})),
+                                  "seeds: members.seed is listed too"),
+    "--seeds not a number": (sweep(spec(), "--seeds", "x"), "argument --seeds: expected a count"),
+    "reproduce --seeds zero": (lambda d: ["reproduce", "fig2", "--seeds", "0", "--out", str(d / "out")],
+                               "seeds: a count from 1 to 1000"),
+    "forecast --seeds repeated": (lambda d: ["forecast", yaml_file(d, group()), "--seeds", "1,1", "--out",
+                                             str(d / "out")], "seeds: expected a non-empty list"),
     "reproduce too big for the machine": (lambda d: ["reproduce", "fig1", "--scale", "paper", "--out",
                                                      str(d / "out")], "does not fit on cpu"),
 }

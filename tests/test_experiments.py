@@ -147,7 +147,9 @@ def test_laptop_scale_plan_fig1_and_fig6_share_groups_and_plan_without_training(
     assert len(fig6 & {g.id for g in groups}) == 3
     assert main(["reproduce", "fig1", "--scale", "laptop", "--out", str(tmp_path / "r"), "--plan"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "6 groups (0 done, 0 resuming, 6 new), 42 runs" in out and not (tmp_path / "r").exists()
+    # three init seeds on the member axis (issue 22): 6 groups of 7 LRs x 3 seeds
+    assert {len(g.cfg.member_list()) for g in groups} == {21}
+    assert "6 groups (0 done, 0 resuming, 6 new), 126 runs" in out and not (tmp_path / "r").exists()
 
 
 def test_forecast_ladders_come_from_scales_yaml():

@@ -110,9 +110,10 @@ def test_ladder_carries_the_targets_interventions(make_raw, tmp_path):
 def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkeypatch, capsys):
     real = forecast.ladder_spec
 
-    def tiny(target, scale, sizes=None):  # tens of steps, four tiny sizes: the command's plumbing, not the science
+    def tiny(target, scale, sizes=None, seeds=None):  # tens of steps, four tiny sizes: the plumbing, not the science
         spec = real(target, scale, [{"width": 16, "depth": 1, "heads": 1}, {"width": 32, "depth": 1, "heads": 1},
-                                    {"width": 32, "depth": 2, "heads": 1}, {"width": 64, "depth": 2, "heads": 2}])
+                                    {"width": 32, "depth": 2, "heads": 1}, {"width": 64, "depth": 2, "heads": 2}],
+                    seeds=seeds)
         spec["base"]["train"].update({"steps": 12, "eval_every": 6, "threads": 1, "precision": "fp32"})
         spec["base"]["data"].update({"corpus": "synthetic", "seq_len": 16, "batch_size": 2})
         spec["base"]["optim"]["warmup"] = 2

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from .experiments import LR_GRIDS
-from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS
+from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SEED_COLUMNS
 
 LR_GRID = LR_GRIDS["paper"]
 """The paper's 7-point LR grid (§3): scales.yaml's ``paper`` grid, the catalogue's."""
@@ -97,13 +97,21 @@ def fit_log(x: Sequence[float], y: Sequence[float], degree: int = 1) -> dict:
     return {"coef": coef.tolist(), "cov": cov.tolist(), "sigma": sigma, "degree": degree, "n": int(len(lx))}
 
 
-def sensitivity_frame(results, by: Sequence[str]):
-    """Per combination of ``by`` columns: LR sensitivity, best LR and best loss over the member LRs.
+SENSITIVITY_COLUMNS = ("lr_sensitivity", "sensitivity_below_best", "sensitivity_above_best", "best_lr", "best_loss")
+"""The per-curve numbers of ``sensitivity_frame`` that ``sensitivity_summary`` reports with their spread over seeds."""
 
-    Coupled-decay rows use the paper's min-over-two-windows rule. Returns a polars frame sorted by ``by``.
+
+def sensitivity_frame(results, by: Sequence[str]):
+    """Per combination of ``by`` columns and per seed: LR sensitivity, best LR and best loss over the member LRs.
+
+    The seed columns that vary (``table.SEED_COLUMNS``: init and data-order seeds) are added to ``by``, so one row
+    is one LR curve of one seed: replicates are never mixed into one curve (``sensitivity_summary`` averages them).
+    Coupled-decay rows use the paper's min-over-two-windows rule. Returns a polars frame sorted by its keys.
     """
     import polars as pl
 
+    by = list(by) + [c for c in SEED_COLUMNS if c in results.columns and c not in by
+                     and results[c].n_unique() > 1]
     rows = []
     for key, part in results.group_by(list(by), maintain_order=True):
         part = part.sort(LR)
@@ -118,3 +126,21 @@ def sensitivity_frame(results, by: Sequence[str]):
                      "best_lr": lr_star, "best_loss": loss_star, "lrs": len(lrs),
                      DIVERGED: int(part[DIVERGED].sum())})
     return pl.DataFrame(rows).sort(list(by))
+
+
+def sensitivity_summary(results, by: Sequence[str]):
+    """``sensitivity_frame`` with the seeds averaged: one row per combination of ``by``, each of
+    ``SENSITIVITY_COLUMNS`` as its mean over seeds with ``COL_min``/``COL_max`` (the range over seeds), ``seeds``
+    (how many), ``N`` and the runs that diverged (summed). With one seed the range is the value itself."""
+    import polars as pl
+
+    from .seeds import over_seeds
+
+    frame = sensitivity_frame(results, by)
+    if frame.height == 0:
+        return frame
+    by = list(by)
+    spread = over_seeds(frame, by, SENSITIVITY_COLUMNS)
+    counts = frame.group_by(by, maintain_order=True).agg(pl.col(N_PARAMS).first(), pl.col(DIVERGED).sum(),
+                                                          pl.col("lrs").first())
+    return counts.join(spread, on=by, how="left", nulls_equal=True).sort(by)

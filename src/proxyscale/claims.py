@@ -2,6 +2,13 @@
 
 An experiment file names a check and its arguments; the check never sees the paper's numbers, only the
 runs. A claim that fails at micro scale is reported as *not reproduced*, with the numbers.
+
+Where the runs hold several seeds (``seeds``: init seeds on the member axis, data-order seeds as groups), the checks
+of LR sensitivity judge each claim against the seed noise by the rule written in ``seeds`` (chosen before the
+laptop runs with seeds were read): the claim's statistic per seed, its 80% interval over seeds, and one of three
+verdicts, *reproduced*, *not reproduced* or *within seed noise*. Those checks are ``sensitivity_lower``,
+``sensitivity_increases_with_n``, ``gap_grows_with_n``, ``sensitivity_slope_larger`` and ``best_loss_lower``.
+The other checks compare means over the runs they select, seeds included, and say so.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from typing import Any
 import polars as pl
 
 from . import instability, table
-from .analysis import sensitivity_frame
+from .analysis import sensitivity_frame, sensitivity_summary
+from .seeds import NOT_REPRODUCED, REPRODUCED, judge, judge_all, seed_keys, spread
 from .config import ConfigError, check_call
 from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col, is_
 
@@ -21,12 +29,16 @@ from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col, is_
 @dataclass
 class Verdict:
     claim: str
-    reproduced: bool
+    state: str  # seeds.REPRODUCED, NOT_REPRODUCED or NOISE
     detail: str
 
     @property
+    def reproduced(self) -> bool:
+        return self.state == REPRODUCED
+
+    @property
     def label(self) -> str:
-        return "reproduced" if self.reproduced else "not reproduced"
+        return self.state
 
 
 CHECKS: dict[str, Callable[..., tuple[bool, str]]] = {}
@@ -38,43 +50,92 @@ def check(fn: Callable[..., tuple[bool, str]]) -> Callable[..., tuple[bool, str]
 
 
 def _sens(results: pl.DataFrame, axis: str, per: str = SIZE) -> pl.DataFrame:
+    """The LR-sensitivity frame per ``per`` group, ``axis`` value and seed (one row a curve), sorted by N."""
     keys = list(dict.fromkeys([SIZE, col(per), col(axis)]))
     return sensitivity_frame(results, keys).sort(N_PARAMS)
 
 
+def _mean_sens(results: pl.DataFrame, axis: str, per: str = SIZE) -> pl.DataFrame:
+    """The same averaged over seeds (one row per ``per`` group and ``axis`` value), for the checks of means."""
+    keys = list(dict.fromkeys([SIZE, col(per), col(axis)]))
+    return sensitivity_summary(results, keys).sort(N_PARAMS)
+
+
+def _by_seed(frame: pl.DataFrame, key: str, column: str) -> dict[Any, dict[tuple, float]]:
+    """{value of ``key``: {seed: column}} from a per-seed frame."""
+    out: dict[Any, dict[tuple, float]] = {}
+    for k, seed, v in zip(frame[key].to_list(), seed_keys(frame), frame[column].to_list()):
+        out.setdefault(k, {})[seed] = float("nan") if v is None else float(v)
+    return out
+
+
 def _paired(results: pl.DataFrame, axis: str, a: Any, b: Any, column: str = "lr_sensitivity",
-            per: str = SIZE) -> tuple[list[Any], list[float], list[float]]:
-    """Per ``per`` group (sorted by N): (keys, column with axis == a, column with axis == b) of the sensitivity frame."""
+            per: str = SIZE) -> tuple[list[Any], list[list[float]], list[list[float]]]:
+    """Per ``per`` group (sorted by N): (keys, column with axis == a per seed, column with axis == b per seed), the
+    seeds paired (the same seeds, in the same order, on both sides; a seed missing on one side is left out)."""
     s, p = _sens(results, axis, per), col(per)
-    left = s.filter(is_(axis, a)).select(p, N_PARAMS, pl.col(column).alias("a"))
-    right = s.filter(is_(axis, b)).select(p, pl.col(column).alias("b"))
-    both = left.join(right, on=p).sort(N_PARAMS)
-    return both[p].to_list(), both["a"].to_list(), both["b"].to_list()
+    left, right = _by_seed(s.filter(is_(axis, a)), p, column), _by_seed(s.filter(is_(axis, b)), p, column)
+    order = s.filter(is_(axis, a)).sort(N_PARAMS)[p].unique(maintain_order=True).to_list()
+    keys = [k for k in order if k in right]
+    xs, ys = [], []
+    for k in keys:
+        seeds = [sd for sd in left[k] if sd in right[k]]
+        xs.append([left[k][sd] for sd in seeds])
+        ys.append([right[k][sd] for sd in seeds])
+    return keys, xs, ys
 
 
-def _wins(xs: list[float], ys: list[float], at_least: str) -> bool:
-    """x < y in every pair (``all``) or in a majority (``most``); never true for no pairs."""
-    wins = [x < y for x, y in zip(xs, ys)]
-    return bool(wins) and (all(wins) if at_least == "all" else sum(wins) > len(wins) / 2)
+def _lower(keys: list[Any], xs: list[list[float]], ys: list[list[float]], at_least: str, what: str
+           ) -> tuple[str, str]:
+    """``x < y`` per key, judged over the paired seeds (``seeds.judge`` on y − x), every key or most."""
+    states, parts = [], []
+    for k, x, y in zip(keys, xs, ys):
+        d = spread([b - a for a, b in zip(x, y)])
+        states.append(judge(d))
+        mx, my = spread(x).mean, spread(y).mean
+        parts.append(f"{k}: {mx:.3f} vs {my:.3f}" + (f" (difference {d.text()}: {states[-1]})" if d.n > 1 else ""))
+    n = max((len(x) for x in xs), default=0)
+    tail = "" if n > 1 else " [one seed: seed noise not measured]"
+    return judge_all(states, at_least), f"{what} — " + "; ".join(parts) + tail
 
 
 @check
 def sensitivity_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "all",
-                      per: str = SIZE, where: dict[str, Any] | None = None) -> tuple[bool, str]:
+                      per: str = SIZE, where: dict[str, Any] | None = None) -> tuple[str, str]:
     """The LR sensitivity with ``axis == better`` is below that with ``axis == worse`` in every ``per`` group
-    (every size by default; ``at_least: most`` for a majority)."""
+    (every size by default; ``at_least: most`` for a majority), judged against seed noise (``seeds``)."""
     keys, xs, ys = _paired(table.where(results, where), axis, better, worse, per=per)
-    pairs = "; ".join(f"{k}: {a:.3f} vs {b:.3f}" for k, a, b in zip(keys, xs, ys))
-    return _wins(xs, ys, at_least), f"LR sensitivity {axis}={better} vs {worse} — {pairs}"
+    return _lower(keys, xs, ys, at_least, f"LR sensitivity {axis}={better} vs {worse}")
+
+
+def _slopes_by_seed(frame: pl.DataFrame, column: str = "lr_sensitivity") -> tuple[list[float], list[str]]:
+    """Per seed: the least-squares slope of ``column`` against log10 N over the sizes (a per-seed frame), and a
+    line per seed naming its values by size."""
+    slopes, lines = [], []
+    by_seed: dict[tuple, list[tuple[float, float]]] = {}
+    for seed, n, v in zip(seed_keys(frame), frame[N_PARAMS].to_list(), frame[column].to_list()):
+        by_seed.setdefault(seed, []).append((n, float("nan") if v is None else v))
+    for seed, points in by_seed.items():
+        points.sort()
+        slopes.append(_slope([n for n, _ in points], [v for _, v in points], logy=False))
+        values = " → ".join(f"{v:.3f}" for _, v in points)
+        lines.append(f"{values}" + (f" (seed {', '.join(map(str, seed))})" if seed else ""))
+    return slopes, lines
 
 
 @check
-def sensitivity_increases_with_n(results: pl.DataFrame, axis: str, value: Any) -> tuple[bool, str]:
-    """With ``axis == value``, the LR sensitivity of the largest size exceeds that of the smallest."""
+def sensitivity_increases_with_n(results: pl.DataFrame, axis: str, value: Any) -> tuple[str, str]:
+    """With ``axis == value``, LR sensitivity grows with N: the slope of sensitivity against log10 N over the sizes,
+    per seed, judged against seed noise (``seeds``; with one seed, the slope's sign)."""
     s = _sens(results, axis).filter(is_(axis, value))
-    vals = s["lr_sensitivity"].to_list()
-    detail = ", ".join(f"{n / 1e3:.0f}k: {v:.3f}" for n, v in zip(s[N_PARAMS], vals))
-    return len(vals) >= 2 and vals[-1] > vals[0], f"{axis}={value}: sensitivity by N — {detail}"
+    sizes = s[N_PARAMS].unique().sort().to_list()
+    if len(sizes) < 2:
+        return NOT_REPRODUCED, f"{axis}={value}: {len(sizes)} size(s); a trend needs 2"
+    slopes, lines = _slopes_by_seed(s)
+    sp = spread(slopes)
+    sizes_text = ", ".join(f"{n / 1e3:.0f}k" for n in sizes)
+    tail = f"; slope per decade of N {sp.text('+.3f')}" if sp.n > 1 else " [one seed: seed noise not measured]"
+    return judge(sp), f"{axis}={value}: sensitivity by N ({sizes_text}) — " + "; ".join(lines) + tail
 
 
 @check
@@ -127,7 +188,8 @@ def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | 
 
 
 def _best_lrs(results: pl.DataFrame, axis: str, value: Any) -> pl.DataFrame:
-    return sensitivity_frame(results.filter(is_(axis, value)), [SIZE]).sort(N_PARAMS)
+    """Per size: the best LR (the mean over seeds of each seed's best LR) and the rest of the summary."""
+    return sensitivity_summary(results.filter(is_(axis, value)), [SIZE]).sort(N_PARAMS)
 
 
 @check
@@ -150,7 +212,7 @@ def best_lr_spread_smaller(results: pl.DataFrame, axis: str, narrower: Any, wide
 def best_lr_shifts_right(results: pl.DataFrame, axis: str, order: list[Any]) -> tuple[bool, str]:
     """At every size the best LR does not fall along ``order`` of ``axis`` values, and rises somewhere."""
     c = col(axis)
-    s = sensitivity_frame(results, [SIZE, c])
+    s = sensitivity_summary(results, [SIZE, c])
     ok, rose, parts = True, False, []
     for size, part in s.group_by(SIZE, maintain_order=True):
         lrs = [part.filter(is_(axis, v))["best_lr"].item() for v in order]
@@ -164,7 +226,7 @@ def best_lr_shifts_right(results: pl.DataFrame, axis: str, order: list[Any]) -> 
 def sensitivity_not_lower(results: pl.DataFrame, axis: str, value: Any, baseline: Any, tolerance: float = 0.1,
                           where: dict[str, Any] | None = None) -> tuple[bool, str]:
     """The mean LR sensitivity with ``axis == value`` is not below the baseline's by more than ``tolerance`` (relative)."""
-    s = _sens(table.where(results, where), axis)
+    s = _mean_sens(table.where(results, where), axis)
     a = s.filter(is_(axis, value))["lr_sensitivity"].mean()
     b = s.filter(is_(axis, baseline))["lr_sensitivity"].mean()
     return a >= (1 - tolerance) * b, f"mean LR sensitivity {axis}={value}: {a:.3f} vs {baseline}: {b:.3f} (tolerance {tolerance:.0%})"
@@ -190,32 +252,42 @@ def norms_explain_logits(results: pl.DataFrame, lr: float, axis: str, high: Any,
 
 
 @check
-def gap_grows_with_n(results: pl.DataFrame, axis: str, better: Any, worse: Any) -> tuple[bool, str]:
-    """sensitivity(worse) − sensitivity(better) is larger at the largest size than at the smallest."""
+def gap_grows_with_n(results: pl.DataFrame, axis: str, better: Any, worse: Any) -> tuple[str, str]:
+    """sensitivity(worse) − sensitivity(better) is larger at the largest size than at the smallest, per seed,
+    judged against seed noise (``seeds``)."""
     keys, xs, ys = _paired(results, axis, better, worse)
-    gaps = [y - x for x, y in zip(xs, ys)]
-    return len(gaps) >= 2 and gaps[-1] > gaps[0], f"sensitivity gap {axis}={worse} minus {better} by size — " + "; ".join(
-        f"{k}: {g:+.3f}" for k, g in zip(keys, gaps))
+    if len(keys) < 2:
+        return NOT_REPRODUCED, f"{len(keys)} size(s) with both {axis}={better} and {worse}; a trend needs 2"
+    gaps = [[y - x for x, y in zip(xk, yk)] for xk, yk in zip(xs, ys)]
+    growth = spread([last - first for first, last in zip(gaps[0], gaps[-1])])
+    parts = "; ".join(f"{k}: {spread(g).mean:+.3f}" for k, g in zip(keys, gaps))
+    tail = f"; growth {growth.text('+.3f')}" if growth.n > 1 else " [one seed: seed noise not measured]"
+    return judge(growth), f"sensitivity gap {axis}={worse} minus {better} by size — {parts}{tail}"
 
 
 @check
-def sensitivity_slope_larger(results: pl.DataFrame, axis: str, steeper: Any, flatter: Any) -> tuple[bool, str]:
-    """LR sensitivity rises faster with log10 N when scaling along ``steeper`` than along ``flatter`` (Fig 7)."""
+def sensitivity_slope_larger(results: pl.DataFrame, axis: str, steeper: Any, flatter: Any) -> tuple[str, str]:
+    """LR sensitivity rises faster with log10 N when scaling along ``steeper`` than along ``flatter`` (Fig 7): the
+    difference of the slopes, per seed, judged against seed noise (``seeds``)."""
     s = _sens(results, axis)
-    slopes = {}
+    per_seed = {}
     for v in (steeper, flatter):
-        part = s.filter(is_(axis, v)).sort(N_PARAMS)
-        slopes[v] = _slope(part[N_PARAMS].to_list(), part["lr_sensitivity"].to_list(), logy=False)
-    return slopes[steeper] > slopes[flatter], "slope of LR sensitivity per decade of N — " + "; ".join(
-        f"{axis}={v}: {slopes[v]:+.3f}" for v in (steeper, flatter))
+        part = s.filter(is_(axis, v))
+        per_seed[v] = dict(zip(sorted(set(seed_keys(part))), _slopes_by_seed(part)[0])) if part.height else {}
+    common = [sd for sd in per_seed[steeper] if sd in per_seed[flatter]]
+    diff = spread([per_seed[steeper][sd] - per_seed[flatter][sd] for sd in common])
+    means = {v: spread(list(per_seed[v].values())).mean for v in (steeper, flatter)}
+    tail = f"; difference {diff.text('+.3f')}" if diff.n > 1 else " [one seed: seed noise not measured]"
+    return judge(diff), "slope of LR sensitivity per decade of N — " + "; ".join(
+        f"{axis}={v}: {means[v]:+.3f}" for v in (steeper, flatter)) + tail
 
 
 @check
-def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "most") -> tuple[bool, str]:
-    """The best final loss over the LR grid is lower with ``axis == better`` at most (or all) sizes."""
+def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, at_least: str = "most") -> tuple[str, str]:
+    """The best final loss over the LR grid is lower with ``axis == better`` at most (or all) sizes, judged
+    against seed noise (``seeds``)."""
     keys, xs, ys = _paired(results, axis, better, worse, column="best_loss")
-    return _wins(xs, ys, at_least), f"best loss {axis}={better} vs {worse} — " + "; ".join(
-        f"{k}: {x:.3f} vs {y:.3f}" for k, x, y in zip(keys, xs, ys))
+    return _lower(keys, xs, ys, at_least, f"best loss {axis}={better} vs {worse}")
 
 
 # -- checks of the mitigations after the paper (issue 16) ---------------------------------------------------------
@@ -465,6 +537,12 @@ def resolve(claim: dict[str, Any], planned: pl.DataFrame, where: str) -> dict[st
     return {**claim, "args": given}
 
 
+def state_of(outcome: bool | str) -> str:
+    """A check's first return value as a verdict: a seed-noise check returns the verdict itself (``seeds``), the
+    others whether the claim holds."""
+    return outcome if isinstance(outcome, str) else REPRODUCED if outcome else NOT_REPRODUCED
+
+
 def evaluate(claims: list[dict[str, Any]], results: pl.DataFrame) -> list[Verdict]:
     out = []
     for c in claims:
@@ -473,5 +551,5 @@ def evaluate(claims: list[dict[str, Any]], results: pl.DataFrame) -> list[Verdic
             ok, detail = fn(results, **c.get("args", {}))
         except Exception as err:  # a check that cannot be computed is not a reproduction
             ok, detail = False, f"could not be evaluated: {err.__class__.__name__}: {err}"
-        out.append(Verdict(c["text"], bool(ok), detail))
+        out.append(Verdict(c["text"], state_of(ok), detail))
     return out

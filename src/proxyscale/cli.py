@@ -30,6 +30,7 @@ from .config import MEMBER_SCALARS, ConfigError  # noqa: E402
 from .experiments import FORECAST_LADDERS, SCALES  # noqa: E402
 from .progress import Lines  # noqa: E402
 from .records import GroupSummary  # noqa: E402
+from .seeds import NOISE, fold_spread  # noqa: E402
 from .store import StoreError  # noqa: E402
 
 console = Console(stderr=False)
@@ -178,6 +179,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from . import plan, sweep
 
     spec = sweep.with_log_to(sweep.load_spec(args.spec), args.log_to)
+    if args.seeds is not None:
+        spec = {**spec, "seeds": args.seeds}
     # every check before anything is written or printed
     groups, _, pool, _ = sweep.prepare(spec, args.out, None, _executor(args), check_memory=not args.plan)
     if args.plan:
@@ -219,12 +222,14 @@ def sensitivity_table(rows: list[dict], title: str) -> Table:
         return table
     keys = [k for k in rows[0] if k.startswith(("label.", "member."))]
     keys = list({_short(k): k for k in reversed(keys)}.values())[::-1]  # one column per short name
-    shown = [(k, _short(k)) for k in keys] + [("lr_sensitivity", "LR sensitivity"), ("best_lr", "best LR"),
-                                                ("best_loss", "best loss"), ("diverged", "diverged")]
+    seeded = any((r.get("seeds") or 1) > 1 for r in rows)
+    shown = [(k, _short(k)) for k in keys] + [("lr_sensitivity", "LR sensitivity" + (" (range)" if seeded else "")),
+                                                ("best_lr", "best LR"), ("best_loss", "best loss"),
+                                                *([("seeds", "seeds")] if seeded else []), ("diverged", "diverged")]
     for _, head in shown:
         table.add_column(head, justify="right", overflow="fold")
-    for r in rows:
-        table.add_row(*[(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])) for k, _ in shown])
+    for r in map(fold_spread, rows):
+        table.add_row(*[(f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k))) for k, _ in shown])
     return table
 
 
@@ -242,7 +247,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     groups = {}
     for name in names:
         exp = reproduce.load(name)
-        groups[name] = sweep.expand(reproduce.sweep_spec(exp, args.scale, args.log_to))
+        groups[name] = sweep.expand(reproduce.sweep_spec(exp, args.scale, args.log_to, args.seeds))
         reproduce.resolved_claims(exp, args.scale, groups[name])  # a claim that matches no run fails here
     unique = list({g.id: g for gs in groups.values() for g in gs}.values())  # experiments share groups
     if not args.plan:  # a group too big for this machine: one line before anything is printed
@@ -259,10 +264,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         console.rule(f"{name} ({args.scale})")
         with _group_progress() as progress:
             rec = reproduce.reproduce(name, args.scale, out, progress=progress, executor=_executor(args),
-                                      log_to=args.log_to)
+                                      log_to=args.log_to, seeds=args.seeds)
         console.print(sensitivity_table(rec.sensitivity, f"{name}: LR sensitivity per group of LRs"))
         for v in rec.verdicts:
-            colour = "green" if v.reproduced else "red"
+            colour = "green" if v.reproduced else "yellow" if v.verdict == NOISE else "red"
             console.print(f"[{colour}]{v.verdict}[/{colour}]: {v.claim}\n    {v.detail}", highlight=False)
         console.print(f"{name}: {rec.seconds:.0f} s")
     if args.name == "beyond":
@@ -304,7 +309,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     target = forecast.load_target(args.target)  # a bad target fails before anything runs
     ex = executor_config(None, _executor(args))  # flags checked before anything runs
-    ladder = sweep.expand(forecast.ladder_spec(target, args.scale))
+    ladder = sweep.expand(forecast.ladder_spec(target, args.scale, seeds=args.seeds))
     if not args.plan:
         sweep.check_fits(ladder, ex)
     switches = forecast.ladder_switches(target)
@@ -317,7 +322,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     _plan_before_run(ladder, out / "groups", f"forecast ladder ({args.scale}){trains_with}")
     with _group_progress() as progress:
         rec = forecast.run(args.target, args.scale, out, do_backtest=args.backtest, progress=progress,
-                           executor=_executor(args), log_to=args.log_to)
+                           executor=_executor(args), log_to=args.log_to, seeds=args.seeds)
     t = rec.target
     console.rule(f"forecast: d{t['width']}-L{t['depth']} (N = {t['n']:,.0f}) at LR {t['lr']:g}, "
                  f"from the {args.scale} ladder")
@@ -384,7 +389,19 @@ def _log_to_flag(p: argparse.ArgumentParser) -> None:
                    help="also stream every recorded column to TensorBoard and/or W&B (offline) (train.log_to)")
 
 
+def _seeds(text: str) -> int | list[int]:
+    """``--seeds 3`` (init seeds 0, 1, 2) or ``--seeds 0,5,7``; checked by ``sweep.parse_seeds``."""
+    try:
+        return int(text) if "," not in text else [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (3) or a comma-separated list of seeds (0,5,7), got "
+                                         f"{text!r}") from None
+
+
 def _executor_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="N|S1,S2,...",
+                   help="init seeds on the member axis (replicates of every setting; verdicts and tables then report "
+                   "the seed spread): a count or a list; overrides the spec's or the scale's seeds")
     _log_to_flag(p)
     for flag, (_, kind, text) in EXECUTOR_FLAGS.items():
         p.add_argument(flag, type=kind, default=None, help=text + " (overrides the spec's executor section)")

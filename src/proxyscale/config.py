@@ -243,14 +243,14 @@ identity leaves them out there, so every run id (and every cached result) from b
 
 
 def shadowed_by_members(key: str, members: Any) -> str | None:
-    """Why setting ``key`` (``optim.lr``, ``train.seed``) for the whole group would do nothing, when ``members``
-    (a raw ``members`` mapping) lists that scalar: every member's value comes from ``members``. None otherwise."""
+    """Why setting ``key`` (``optim.lr``, ...) for the whole group would do nothing, when ``members`` (a raw
+    ``members`` mapping) lists that scalar: every member's value comes from ``members``. None otherwise.
+    ``train.seed`` is never shadowed: beside ``members.seed`` (each member's init seed) it still seeds the data
+    stream, which is how a sweep varies the data order alone (issue 22: seeds as data order or init)."""
     section, _, name = key.strip().partition(".")
     listed = members if isinstance(members, dict) else {}
-    if name not in listed or MEMBER_SECTION.get(name) != section:
+    if name not in listed or MEMBER_SECTION.get(name) != section or name == "seed":
         return None
-    if name == "seed":
-        return "members.seed is listed, which sets each member's init seed"
     return f"members.{name} is listed, which overrides {section}.{name} for every member"
 
 

@@ -65,7 +65,8 @@ def experiments_table(roots: dict[str, str], which: str = "all") -> str:
                 cells.append("not run")
                 continue
             rec = ExperimentRecord.read(path)
-            claims = "; ".join(f"{'✔' if v.reproduced else '✘'} {v.claim}" for v in rec.verdicts)
+            mark = {"reproduced": "✔", "within seed noise": "≈"}  # else ✘ (not reproduced)
+            claims = "; ".join(f"{mark.get(v.verdict, '✘')} {v.claim}" for v in rec.verdicts)
             cells.append(f"{rec.seconds / 60:.1f} min · {rec.reproduced}/{len(rec.verdicts)}: {claims}")
         title = load(name)["title"]
         title = title.removeprefix("Beyond the paper: ").split(" (")[0] if which == "beyond" else title.split(":")[0]

@@ -32,6 +32,7 @@ import polars as pl
 
 from . import sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
+from .seeds import count, replicate_columns, seed_keys
 from .config import ConfigError, GroupConfig
 from .experiments import FORECAST_LADDERS
 from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, threshold, unstable
@@ -147,9 +148,11 @@ def ladder_switches(target: GroupConfig) -> dict[str, Any]:
     return out
 
 
-def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | None = None) -> dict[str, Any]:
+def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | None = None,
+                seeds: int | list[int] | None = None) -> dict[str, Any]:
     """The sweep spec of the proxy ladder: the scale's base settings, the target's interventions, warm-up as the
-    same fraction of the run as the target's, one group per size over the LR grid."""
+    same fraction of the run as the target's, one group per size over the LR grid; ``seeds`` (``sweep.parse_seeds``)
+    init seeds on the member axis, whose spread then widens every fitted trend's interval."""
     from .reproduce import scales
 
     if scale not in LADDERS:
@@ -168,7 +171,7 @@ def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | N
     optim = {f: getattr(target.optim, f) for f in OPTIM_INTERVENTIONS}
     base = sweep.merge(base, {"model": model, "data": data, "optim": {**optim, "warmup": warmup}})
     return {"name": "forecast", "base": base, "sizes": sizes or LADDERS[scale],
-            "members": {"lr": lr_grid(target.optim.lr)}}
+            "members": {"lr": lr_grid(target.optim.lr)}, **({"seeds": seeds} if seeds is not None else {})}
 
 
 # ---- fits ----------------------------------------------------------------------------------------------------------
@@ -193,7 +196,8 @@ def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[fl
     best + ``margin`` (the grid's 3× steps would otherwise quantise the trend in N to the grid; paper §3's capped
     loss, min(ℓ, ℓ0), so a diverged run counts as ℓ0)."""
     out = []
-    for _size, part in rows.sort(LR).group_by(SIZE, maintain_order=True):
+    seeds = replicate_columns(rows)  # one point per size and seed: the fit's scatter then holds the seed noise
+    for _size, part in rows.sort(LR).group_by([SIZE, *seeds], maintain_order=True):
         lrs, bad = part[LR].to_list(), part["unstable"].to_list()
         gaps = [capped(loss if loss is not None else math.nan, l0) for loss, l0 in zip(part[FINAL_LOSS],
                                                                                       part[L0])]
@@ -211,7 +215,8 @@ def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[fl
 
 
 def sensitivities(rows: pl.DataFrame) -> list[tuple[float, float]]:
-    """(N, LR sensitivity) per size, as ``analysis.sensitivity_frame`` computes it (paper §3)."""
+    """(N, LR sensitivity) per size and seed, as ``analysis.sensitivity_frame`` computes it (paper §3): with seeds
+    the trend is fitted through every seed's point, so its interval holds the seed noise."""
     frame = sensitivity_frame(rows, [SIZE])
     return sorted(zip(frame[N_PARAMS].cast(pl.Float64).to_list(), frame["lr_sensitivity"].to_list()))
 
@@ -344,7 +349,9 @@ def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
 
 def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float, qk: str,
              mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hold out the largest size, forecast it from the others at every LR, compare with what it did."""
+    """Hold out the largest size, forecast it from the others at every LR, compare with what it did: with seeds,
+    one forecast per LR (fitted through every seed of the smaller sizes) scored against each seed of the held-out
+    size, so the score counts the seed noise too."""
     sizes = rows.select(N_PARAMS).unique().sort(N_PARAMS)[N_PARAMS].to_list()
     if len(sizes) < 4:
         return {"ok": False, "why": f"{len(sizes)} sizes: a backtest needs 3 to fit and 1 to hold out"}
@@ -352,18 +359,20 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
     fit_rows = unstable(rows.filter(pl.col(N_PARAMS) < held))
     truth = unstable(rows).filter(pl.col(N_PARAMS) == held)
     out = []
-    for lr in sorted(truth[LR].to_list()):
+    for lr in sorted(set(truth[LR].to_list())):
         f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk, mitigations)
-        measured = table.at_lr(truth, lr)
         by_cause = verdicts_by_cause(f["verdicts"])
         att, div = by_cause[ATTENTION_LOGIT_GROWTH], by_cause[DIVERGENCE_AT_LR]
         called = [v["verdict"] for v in (att, div) if v["verdict"] != "cannot forecast"]
         logit = f["trends"]["attn_logit_max/0"]
-        m_logit = measured["attn_logit_max/0"].item()
-        out.append({"lr": lr, "predicted_logit": logit.get("value"), "measured_logit": m_logit,
-                    "ratio": (logit["value"] / m_logit) if logit["ok"] and m_logit else None,
-                    "predicted_unstable": ("likely" in called) if called else None,
-                    "unstable": bool(measured["unstable"].item()), "verdicts": {v["cause"]: v["verdict"] for v in f["verdicts"]}})
+        measured = table.at_lr(truth, lr)
+        for seed, m in zip(seed_keys(measured), measured.iter_rows(named=True)):  # each seed of the held-out size
+            m_logit = m["attn_logit_max/0"]
+            out.append({"lr": lr, **({"seed": list(seed)} if seed else {}), "predicted_logit": logit.get("value"),
+                        "measured_logit": m_logit,
+                        "ratio": (logit["value"] / m_logit) if logit["ok"] and m_logit else None,
+                        "predicted_unstable": ("likely" in called) if called else None,
+                        "unstable": bool(m["unstable"]), "verdicts": {v["cause"]: v["verdict"] for v in f["verdicts"]}})
     calls = [r for r in out if r["predicted_unstable"] is not None]
     tp = sum(r["predicted_unstable"] and r["unstable"] for r in calls)
     fp = sum(r["predicted_unstable"] and not r["unstable"] for r in calls)
@@ -378,14 +387,15 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
 # ---- the command -------------------------------------------------------------------------------------------------------
 
 def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, progress: Any = None,
-        executor: dict[str, Any] | None = None, log_to: str | None = None) -> ForecastRecord:
+        executor: dict[str, Any] | None = None, log_to: str | None = None,
+        seeds: int | list[int] | None = None) -> ForecastRecord:
     """Train (or reuse) the ladder, forecast the target, write ``out/forecast/`` (forecast.json, verdicts.json for
     the report, figures) and return the forecast's record; with ``do_backtest`` also score the forecast on the
     held-out largest size."""
     from . import plots
 
     target = load_target(target_path)
-    spec = ladder_spec(target, scale)
+    spec = ladder_spec(target, scale, seeds=seeds)
     for warning in size_warnings(target, spec):
         print(f"warning: forecast: {warning}", file=sys.stderr, flush=True)
     spec = sweep.with_log_to(spec, log_to)  # stream the ladder's groups to TensorBoard / W&B too
@@ -399,7 +409,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
                         "weight_decay": o.weight_decay, "eps": o.eps,
                         **{k: v for k, v in mitigations_of(target).items() if v not in (None, "adamw")}}
     record["ladder"] = {"scale": scale, "sizes": rows[SIZE].unique(maintain_order=True).to_list(),
-                        "lrs": lr_grid(o.lr), "groups": results["group"].n_unique()}
+                        "lrs": lr_grid(o.lr), "groups": results["group"].n_unique(), "seeds": count(rows)}
     if do_backtest:
         record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
     folder = out / "forecast"

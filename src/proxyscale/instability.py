@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from .table import DIVERGED, FINAL_LOSS, LR, SIZE
+from .table import DIVERGED, FINAL_LOSS, LR, SEED_COLUMNS, SIZE
 
 UNSTABLE = "unstable"
 """The column ``unstable`` adds to a results table."""
@@ -61,15 +61,18 @@ def collapses(grad_rms: float, eps: float) -> bool:
 def unstable(results: pl.DataFrame, margin: float = MARGIN, reference: pl.DataFrame | None = None) -> pl.DataFrame:
     """``results`` with an ``unstable`` column (module docstring). ``reference``: rows of the same sizes and LRs
     under a stabilising intervention, matched on the size label and LR (the intervention may change N slightly)."""
+    # one LR curve per size and seed (init or data order, ``table.SEED_COLUMNS``): a seed's best is its own
+    seeds = [c for c in SEED_COLUMNS if c in results.columns and results[c].n_unique() > 1]
     if reference is not None:
-        ref = reference.select(SIZE, LR, pl.col(FINAL_LOSS).alias("_ref"))
-        return results.join(ref, on=[SIZE, LR], how="left").with_columns(
+        on = [SIZE, LR, *[c for c in seeds if c in reference.columns]]
+        ref = reference.select(*on, pl.col(FINAL_LOSS).alias("_ref"))
+        return results.join(ref, on=on, how="left").with_columns(
             ((pl.col(FINAL_LOSS).fill_nan(1e9) > pl.col("_ref") + margin) | pl.col(DIVERGED))
             .fill_null(False).alias(UNSTABLE)).drop("_ref")
     finite = results.with_columns(pl.col(FINAL_LOSS).fill_nan(None).alias("_loss"))
-    best = finite.sort("_loss", nulls_last=True).group_by(SIZE).agg(
+    best = finite.sort("_loss", nulls_last=True).group_by([SIZE, *seeds]).agg(
         pl.col("_loss").first().alias("_best"), pl.col(LR).first().alias("_best_lr"))
-    return finite.join(best, on=SIZE).with_columns(
+    return finite.join(best, on=[SIZE, *seeds]).with_columns(
         (pl.col(DIVERGED) | ((pl.col(LR) > pl.col("_best_lr"))
                                & (pl.col("_loss").fill_null(1e9) > pl.col("_best") + margin))).alias(UNSTABLE)
     ).drop("_best", "_best_lr", "_loss")

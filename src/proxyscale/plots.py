@@ -19,8 +19,9 @@ import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
 from . import instability, store, table  # noqa: E402
-from .analysis import sensitivity_frame  # noqa: E402
+from .analysis import sensitivity_summary  # noqa: E402
 from .config import ConfigError, check_call  # noqa: E402
+from .seeds import count, first_seed  # noqa: E402
 from .table import FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
@@ -86,19 +87,28 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
     sizes = table.sizes(results)
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.4), sharey=True, squeeze=False)
+    seeded = count(results) > 1
     for ax, v in zip(axes[0], values):
         part = results if panels is None else results.filter(table.is_(panels, v))
         for i, size in enumerate(sizes):
-            s = part.filter(pl.col(SIZE) == size).sort(LR)
+            s = part.filter(pl.col(SIZE) == size)
             if s.height == 0:
                 continue
-            loss = [min(x, l0) if x == x else l0 for x, l0 in zip(s[FINAL_LOSS], s[L0])]
-            ax.plot(s[LR], loss, marker="o", ms=3, color=cmap(i / max(1, len(sizes) - 1)), label=size)
+            # capped as the LR sensitivity counts it, then the mean over seeds with their range as a band
+            s = s.with_columns(pl.when(pl.col(FINAL_LOSS).is_nan() | pl.col(FINAL_LOSS).is_null()).then(pl.col(L0))
+                               .otherwise(pl.min_horizontal(FINAL_LOSS, L0)).alias("_capped"))
+            m = s.group_by(LR).agg(pl.col("_capped").mean().alias("mean"), pl.col("_capped").min().alias("lo"),
+                                   pl.col("_capped").max().alias("hi")).sort(LR)
+            colour = cmap(i / max(1, len(sizes) - 1))
+            ax.plot(m[LR], m["mean"], marker="o", ms=3, color=colour, label=size)
+            if seeded:
+                ax.fill_between(m[LR].to_list(), m["lo"].to_list(), m["hi"].to_list(), color=colour, alpha=0.2,
+                                lw=0)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_title(f"{panels} = {v}" if panels else title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("final eval loss")
+    axes[0][0].set_ylabel("final eval loss" + (f" (mean, band: range over {count(results)} seeds)" if seeded else ""))
     axes[0][-1].legend(fontsize=7, title="size", title_fontsize=7)
     if title and panels:
         fig.suptitle(title, fontsize=11)
@@ -108,22 +118,28 @@ def lr_vs_loss(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
 @figure
 def sensitivity_vs_n(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
                      lines: str) -> list[Path]:
-    """LR sensitivity against non-embedding parameters N, one line per value of ``lines``."""
-    s = sensitivity_frame(results, [SIZE, col(lines)])
+    """LR sensitivity against non-embedding parameters N, one line per value of ``lines``: the mean over seeds, with
+    error bars spanning the seeds' range where there are several."""
+    s = sensitivity_summary(results, [SIZE, col(lines)])
+    n = int(s["seeds"].max()) if s.height else 1
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for v in table.values(s, lines):
         part = s.filter(table.is_(lines, v)).sort(N_PARAMS)
-        ax.plot(part[N_PARAMS], part["lr_sensitivity"], marker="o", label=f"{lines} = {v}")
-    _style(ax, "non-embedding parameters N", "LR sensitivity", "LR sensitivity vs N")
+        y = part["lr_sensitivity"].to_numpy()
+        err = [y - part["lr_sensitivity_min"].to_numpy(), part["lr_sensitivity_max"].to_numpy() - y] if n > 1 else None
+        ax.errorbar(part[N_PARAMS], y, yerr=err, marker="o", capsize=3, label=f"{lines} = {v}")
+    _style(ax, "non-embedding parameters N", "LR sensitivity" + (f" (mean, bars: range over {n} seeds)" if n > 1
+                                                                 else ""), "LR sensitivity vs N")
     _label_sizes(ax, s)
     return _save(fig, path)
 
 
 def _variant_bars(ax: Any, results: pl.DataFrame, legend: int = 6) -> None:
     """Groups of bars on ``ax``: per size (smallest N first), the LR sensitivity of every variant the runs hold, i.e.
-    each combination of the switches and member scalars that vary (``table.variant_columns``)."""
+    each combination of the switches and member scalars that vary (``table.variant_columns``): the mean over seeds,
+    with an error bar over their range where there are several."""
     by = table.variant_columns(results)
-    s = sensitivity_frame(results, by).sort(N_PARAMS)
+    s = sensitivity_summary(results, by).sort(N_PARAMS)
     sizes, keys = table.sizes(s), [c for c in by if c != SIZE]
     variants = s.select(keys).unique(maintain_order=True).rows() if keys else [()]
     width = 0.8 / max(1, len(variants))
@@ -131,10 +147,18 @@ def _variant_bars(ax: Any, results: pl.DataFrame, legend: int = 6) -> None:
         part = s
         for k, v in zip(keys, variant):
             part = part.filter(pl.col(k).is_null() if v is None else pl.col(k) == v)
-        heights = [part.filter(pl.col(SIZE) == size)["lr_sensitivity"].mean() for size in sizes]
+        def at(size: Any, column: str) -> float:
+            v = part.filter(pl.col(SIZE) == size)[column].mean()
+            return float("nan") if v is None else float(v)
+
+        heights = [at(size, "lr_sensitivity") for size in sizes]
+        err = None
+        if s.height and int(s["seeds"].max()) > 1:
+            err = [[h - at(size, "lr_sensitivity_min") for h, size in zip(heights, sizes)],
+                   [at(size, "lr_sensitivity_max") - h for h, size in zip(heights, sizes)]]
         label = ", ".join(f"{k.split('.')[-1]}={'off' if v is None else v}" for k, v in zip(keys, variant))
-        ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(sizes))],
-               [h if h is not None else float("nan") for h in heights], width, label=label or "all")
+        ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(sizes))], heights, width,
+               yerr=err, capsize=2, label=label or "all")
     ax.set_xticks(range(len(sizes)))
     ax.set_xticklabels([str(x).replace(" (", "\n(") for x in sizes], fontsize=7)
     ax.set_ylabel("LR sensitivity")
@@ -188,7 +212,11 @@ def loss_curves(results: pl.DataFrame, path: Path, *, title: str = "", pool: Pat
                 smooth: float = 0.02) -> list[Path]:
     """Training loss against step: one panel per size (columns) and per variant (rows: every other label and
     member scalar that varies, e.g. qk-layernorm on/off), one line per LR (viridis by LR), each a running mean
-    over ``smooth`` of the run; the y range is capped at ℓ0, as the LR sensitivity counts a loss."""
+    over ``smooth`` of the run; the y range is capped at ℓ0, as the LR sensitivity counts a loss. Where the runs
+    hold several seeds, the first seed's curves (``seeds.first_seed``; the title says so)."""
+    if count(results) > 1:
+        title = f"{title} (first of {count(results)} seeds)"
+        results = first_seed(results)
     sizes = table.sizes(results)
     variants = [c for c in table.variant_columns(results) if c != SIZE]
     keys = results.select(variants).unique(maintain_order=True).rows() if variants else [()]
@@ -228,7 +256,11 @@ def loss_curves(results: pl.DataFrame, path: Path, *, title: str = "", pool: Pat
 @figure
 def over_steps(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None, lr: float,
                lines: str, columns: list[str], logy: list[bool] | None = None) -> list[Path]:
-    """Diagnostics over training steps of the runs at LR ``lr``, one line per size and value of ``lines``."""
+    """Diagnostics over training steps of the runs at LR ``lr``, one line per size and value of ``lines`` (the first
+    seed's, where there are several)."""
+    if count(results) > 1:
+        title = f"{title} (first of {count(results)} seeds)"
+        results = first_seed(results)
     rows = table.at_lr(results, lr)
     curves = table.curves(rows, pool)
     metrics = {f"{r[SIZE]}, {lines}={r[col(lines)]}": curves[(r["group"], r["member"])]

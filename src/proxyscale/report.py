@@ -10,6 +10,7 @@ from typing import Any
 
 from . import store, table
 from .records import ExperimentRecord, Verdict
+from .seeds import NOISE, fold_spread
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -17,7 +18,7 @@ h1{font-size:1.5em} h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0} td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
 th{background:#f4f4f4} .ok{color:#11772d;font-weight:bold} .no{color:#b3261e;font-weight:bold}
 code{background:#f4f4f4;padding:.1em .3em} img{max-width:100%;border:1px solid #eee;margin:.3em 0}
-.why{color:#555;font-size:.9em}
+.why{color:#555;font-size:.9em} .noise{color:#8a5a00;font-weight:bold}
 """
 
 
@@ -28,8 +29,10 @@ def _cell(v: Any) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
+    """Rows as an HTML table; a number with its range over seeds (``COL_min``/``COL_max``) in one cell."""
     if not rows:
         return "<p>no finished runs</p>"
+    rows = [fold_spread(r) for r in rows]
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(c.removeprefix('label.'))}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
@@ -43,7 +46,7 @@ def _section(folder: Path, rec: ExperimentRecord, pool_link: str = "groups") -> 
              + (f" — scale <b>{rec.scale}</b>, {rec.seconds:.0f} s here" if rec.scale else "") + ".</p>",
              f"<p class='why'>{html.escape(rec.why)}</p>", "<ul>"]
     for v in rec.verdicts:
-        cls = "ok" if v.reproduced else "no"
+        cls = "ok" if v.reproduced else "noise" if v.verdict == NOISE else "no"
         parts.append(f"<li><span class='{cls}'>{v.verdict}</span>: {html.escape(v.claim)}<br>"
                      f"<small>{html.escape(v.detail)}</small></li>")
     parts.append("</ul>")
@@ -89,7 +92,7 @@ def _sweep_record(root: Path) -> ExperimentRecord:
     import polars as pl
 
     from . import plots
-    from .analysis import sensitivity_frame
+    from .analysis import sensitivity_summary
 
     try:
         results = pl.read_parquet(root / "results.parquet")
@@ -102,7 +105,7 @@ def _sweep_record(root: Path) -> ExperimentRecord:
     name = (store.read_json(root / "spec.json") or {}).get("name", root.name) if (root / "spec.json").exists() else root.name
     return ExperimentRecord(name=str(name), title=f"sweep {name}", scale="", command=f"proxyscale sweep ... --out {root}",
                             seconds=0.0, figures=[str(p.relative_to(root)) for p in figures], verdicts=[],
-                            sensitivity=sensitivity_frame(results, by).to_dicts())
+                            sensitivity=sensitivity_summary(results, by).to_dicts())
 
 
 def _monitor_record(root: Path) -> ExperimentRecord:

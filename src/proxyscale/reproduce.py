@@ -62,11 +62,16 @@ def load(name: str) -> dict[str, Any]:
     return {**exp, "scales": resolved}
 
 
-def sweep_spec(exp: dict[str, Any], scale: str, log_to: str | None = None) -> dict[str, Any]:
-    """The sweep spec of a loaded experiment at ``scale`` (``log_to``: stream it to TensorBoard/W&B too)."""
+def sweep_spec(exp: dict[str, Any], scale: str, log_to: str | None = None,
+               seeds: int | list[int] | None = None) -> dict[str, Any]:
+    """The sweep spec of a loaded experiment at ``scale`` (``log_to``: stream it to TensorBoard/W&B too; ``seeds``:
+    the init seeds in place of the scale's, ``--seeds``)."""
     if scale not in exp["scales"]:
         raise ConfigError(f"--scale: {scale!r} not defined for {exp['name']}; valid: {', '.join(exp['scales'])}")
-    return sweep.with_log_to({"name": exp["name"], **exp["scales"][scale]["spec"]}, log_to)
+    spec = {"name": exp["name"], **exp["scales"][scale]["spec"]}
+    if seeds is not None:
+        spec["seeds"] = seeds
+    return sweep.with_log_to(spec, log_to)
 
 
 def resolved_claims(exp: dict[str, Any], scale: str, groups: list[sweep.Group]) -> list[dict[str, Any]]:
@@ -104,10 +109,12 @@ def group_rows(results: pl.DataFrame, groups: list[sweep.Group], pool: Path) -> 
 
 
 def reproduce(name: str, scale: str, out: Path, workers: int | None = None, progress: Any = None,
-              executor: dict[str, Any] | None = None, log_to: str | None = None) -> ExperimentRecord:
-    """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json (its record)."""
+              executor: dict[str, Any] | None = None, log_to: str | None = None,
+              seeds: int | list[int] | None = None) -> ExperimentRecord:
+    """Run experiment ``name`` at ``scale`` into ``out/<name>``: sweep, figures, verdicts.json (its record);
+    ``seeds`` in place of the scale's init seeds."""
     exp = load(name)
-    spec = sweep_spec(exp, scale, log_to)
+    spec = sweep_spec(exp, scale, log_to, seeds)
     groups, exp_out, pool, ex = sweep.prepare(spec, out / name, out / "groups", {"workers": workers, **(executor or {})})
     exp = {**exp, "claims": resolved_claims(exp, scale, groups)}
     with store.lock(exp_out):  # checked above: nothing is written before this
@@ -161,8 +168,12 @@ def summarise_beyond(out: Path, scale: str) -> ExperimentRecord | None:
 
 
 def sensitivity_table(results: pl.DataFrame, exp: dict[str, Any]) -> pl.DataFrame:
-    from .analysis import sensitivity_frame
+    """The experiment's LR-sensitivity table: one row per setting, each number the mean over its seeds with its
+    range (``COL_min``/``COL_max``) and the number of seeds (``analysis.sensitivity_summary``)."""
+    from .analysis import sensitivity_summary
 
     by = table.variant_columns(results)
-    frame = sensitivity_frame(results, by).sort([table.N_PARAMS, *by[1:]])
-    return frame.with_columns(pl.col("best_lr").map_elements(lambda x: x if math.isfinite(x) else None, return_dtype=pl.Float64))
+    frame = sensitivity_summary(results, by).sort([table.N_PARAMS, *by[1:]])
+    finite = [c for c in frame.columns if c.startswith("best_lr")]
+    return frame.with_columns(pl.col(c).map_elements(lambda x: x if math.isfinite(x) else None,
+                                                     return_dtype=pl.Float64) for c in finite)

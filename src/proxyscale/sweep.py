@@ -35,7 +35,8 @@ from .records import GroupSummary
 from .store import StoreError
 from .threads import usable_cores
 
-SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "tail_steps", "at_step", "parts", "labels", "executor")
+SPEC_KEYS = ("name", "base", "sizes", "axes", "members", "seeds", "tail_steps", "at_step", "parts", "labels",
+             "executor")
 PART_KEYS = ("base", "sizes", "axes", "members", "labels")
 
 
@@ -81,6 +82,24 @@ def with_log_to(spec: dict[str, Any], log_to: str | None) -> dict[str, Any]:
     """``spec`` with every group also streaming to ``log_to`` (``--log-to``: train.log_to); unchanged without it.
     Logging is not part of a group's identity, so the group ids stay the same."""
     return merge(spec, {"base": {"train": {"log_to": log_to}}}) if log_to else spec
+
+
+def parse_seeds(value: Any) -> list[int] | None:
+    """``seeds``: a count n (init seeds 0 … n-1) or a list of distinct init seeds, ridden on the member axis as
+    ``members.seed`` (each member's init seed; the data order stays the group's ``train.seed``, which an axis
+    varies as separate groups). None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, list)):
+        raise ConfigError(f"seeds: expected a count (e.g. 3) or a list of distinct init seeds, got {value!r}")
+    if isinstance(value, int):
+        if not 1 <= value <= 1000:
+            raise ConfigError(f"seeds: a count from 1 to 1000, got {value}")
+        return list(range(value))
+    if not value or len(set(map(str, value))) != len(value) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value):
+        raise ConfigError(f"seeds: expected a non-empty list of distinct integers in [0, 2^32), got {value!r}")
+    return list(value)
 
 
 def expand(spec: dict[str, Any]) -> list[Group]:
@@ -133,6 +152,12 @@ def expand(spec: dict[str, Any]) -> list[Group]:
     for name, values in members.items():
         if isinstance(values, list) and not values:
             raise ConfigError(f"members.{name}: empty grid; give at least one value")
+    seeds = parse_seeds(spec.get("seeds"))
+    if seeds is not None:
+        if "seed" in members:
+            raise ConfigError("seeds: members.seed is listed too; give the init seeds once (seeds: 3, or "
+                              "members.seed: [0, 1, 2])")
+        members = {**members, "seed": seeds}
     groups, seen = [], set()
     for size_set, size in _size_sets(spec.get("sizes")):
         for combo in itertools.product(*axes.values()):

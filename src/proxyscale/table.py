@@ -45,6 +45,9 @@ L0 = "l0"
 """ℓ0: the loss at initialisation (paper §3's cap)."""
 DIVERGED = "diverged"
 """Whether the run diverged (frozen by the divergence check)."""
+SEED_COLUMNS = ("member.seed", "label.train.seed")
+"""The columns that tell one replicate of a setting from another (``seeds``): the init seed (a member scalar) and
+the data-order seed (an axis over ``train.seed``). Rows differing only in these are one setting's seeds."""
 LR_RTOL = 1e-9
 """Two learning rates (or any two float labels) are the same value when they agree to this relative tolerance."""
 
@@ -137,10 +140,11 @@ def sizes(results: pl.DataFrame) -> list[str]:
 
 
 def variant_columns(results: pl.DataFrame) -> list[str]:
-    """The columns that tell one LR curve from another: the size, every other label, and the member scalars that
-    vary (besides the LR and the seed). LR-sensitivity tables are keyed by these."""
-    by = [SIZE] + [c for c in results.columns if c.startswith("label.") and c != SIZE]
-    return by + [c for c in results.columns if c.startswith("member.") and c not in (LR, "member.seed")
+    """The columns that tell one setting's LR curve from another: the size, every other label, and the member
+    scalars that vary, besides the LR and the seeds (``SEED_COLUMNS``: replicates of a setting, not settings).
+    LR-sensitivity tables are keyed by these."""
+    by = [SIZE] + [c for c in results.columns if c.startswith("label.") and c not in (SIZE, *SEED_COLUMNS)]
+    return by + [c for c in results.columns if c.startswith("member.") and c not in (LR, *SEED_COLUMNS)
                  and results[c].n_unique() > 1]
 
 
