@@ -187,3 +187,18 @@ def test_a_data_order_seed_is_an_axis_beside_init_seeds(tmp_path):
     assert len(groups) == 2 and {g.cfg.train.seed for g in groups} == {1, 2}
     assert all([m.seed for m in g.cfg.member_list()] == [0] for g in groups)
     assert config.from_dict({**base, "members": {"seed": [3]}}).member_list()[0].seed == 3
+
+
+def test_a_sweep_with_seeds_writes_each_setting_with_its_spread(tmp_path):
+    """settings.parquet: one row per setting and LR, the final loss and the diagnostics as mean, min and max over
+    the seeds; the mean is the mean of the results table's rows."""
+    base = {k: v for k, v in tiny(train={"steps": 6, "eval_every": 3}).items() if k != "members"}
+    results = sweep.run_sweep({"base": base, "members": {"lr": [1e-2, 1e-1]}, "seeds": 2}, tmp_path / "s")
+    settings = pl.read_parquet(tmp_path / "s" / "settings.parquet")
+    assert settings.height == 2 and set(settings["seeds"].to_list()) == {2}
+    for lr in (1e-2, 1e-1):
+        mine = results.filter(pl.col("member.lr") == lr)
+        row = settings.filter(pl.col("member.lr") == lr).row(0, named=True)
+        assert row["final_eval_loss"] == pytest.approx(mine["final_eval_loss"].mean())
+        assert row["final_eval_loss_min"] == pytest.approx(mine["final_eval_loss"].min())
+        assert row["attn_logit_max/0_max"] == pytest.approx(mine["attn_logit_max/0"].max())

@@ -158,3 +158,17 @@ def first_seed(results: pl.DataFrame) -> pl.DataFrame:
     for c, v in zip(cols, first):
         results = results.filter(pl.col(c) == v)
     return results
+
+
+def by_setting(results: pl.DataFrame) -> pl.DataFrame:
+    """The results table with its seeds averaged: one row per setting (``table.variant_columns``) and LR, the final
+    loss, ℓ0 and each diagnostic (``table.DIAGNOSTICS``) as its mean over seeds with ``COL_min``/``COL_max``, and
+    ``seeds``. What ``sweep`` writes beside ``results.parquet`` as ``settings.parquet``."""
+    from .table import DIAGNOSTICS, FINAL_LOSS, L0, LR, N_PARAMS, variant_columns
+
+    keys = [*variant_columns(results), LR]
+    columns = [FINAL_LOSS, L0, *DIAGNOSTICS]
+    numeric = results.with_columns(pl.col(c).cast(pl.Float64) for c in columns if c in results.columns)
+    spread = over_seeds(numeric, keys, columns)
+    n = results.group_by(keys, maintain_order=True).agg(pl.col(N_PARAMS).first())
+    return n.join(spread, on=keys, how="left", nulls_equal=True)

@@ -27,6 +27,7 @@ import polars as pl
 
 from . import config as config_mod
 from . import ladder, loggers, store, table
+from . import seeds as seeds_mod
 from .config import ConfigError, GroupConfig
 from .data import check_corpus
 from .executors import ExecutorConfig, connect_ray, cpus_per_group, executor_config
@@ -323,6 +324,8 @@ def finish(spec: dict[str, Any], groups: list[Group], trained: int, out: Path, p
     (``seconds``: the training's wall time)."""
     results = collect(groups, pool, tail_steps=spec.get("tail_steps"), at_step=spec.get("at_step"))
     store.write_parquet(out / "results.parquet", results)
+    if results.height:  # one row per setting and LR, each number the mean over seeds with its range
+        store.write_parquet(out / "settings.parquet", seeds_mod.by_setting(results))
     kinds = loggers.sweep_kinds(groups)
     if kinds and results.height:  # the sweep's LR-vs-loss figure goes where its groups' numbers went
         from . import plots
