@@ -187,6 +187,10 @@ CASES = {
     "forecast workers zero": (lambda d: ["forecast", yaml_file(d, group()), "--workers", "0", "--out", str(d / "out")],
                               "--workers: must be at least 1"),
     "forecast target empty": (lambda d: ["forecast", yaml_file(d, ""), "--out", str(d / "out")], "empty"),
+    # issue 23: Output Embedding Centering
+    "mu_loss negative": (train(group(members={"mu_loss": [0.0, -1e-4]})), "members.mu_loss: must be >= 0"),
+    "mu_loss as optim negative": (train(group(optim={"mu_loss": -1.0})), "optim.mu_loss: must be >= 0"),
+    "mu_centering not a switch": (train(group(members={"mu_centering": ["sometimes"]})), "members.mu_centering"),
     # issue 22: seeds
     "seeds zero": (sweep(spec(seeds=0)), "seeds: a count from 1 to 1000, got 0"),
     "seeds text": (sweep(spec(seeds="three")), "seeds: expected a count (e.g. 3) or a list"),

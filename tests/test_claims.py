@@ -52,6 +52,15 @@ def past_150(v, i, lr):
     return v == "off" and power_law(v, i, lr) > 150
 
 
+def over_lambda(spread_head, spread_off):
+    """Tables at λ 1e-7 / (null: the default 1e-4) / 1e2, whose LR sensitivity moves with λ by ``spread_*``."""
+    parts = []
+    for lam, k in ((1e-7, 0), (None, 1), (1e2, 2)):
+        t = results(lambda v, i: 0.02 + k * (spread_head if v == "head" else spread_off))
+        parts.append(t.with_columns(pl.lit(lam, dtype=pl.Float64).alias("label.lambda")))
+    return pl.concat(parts)
+
+
 CASES = {  # check: (args, a table where it holds, a table where it does not)
     "sensitivity_lower": ({"axis": AXIS, "better": "head", "worse": "off"}, results(grows),
                           results(lambda v, i: 0.02 if v == "off" else 0.1)),
@@ -80,6 +89,8 @@ CASES = {  # check: (args, a table where it holds, a table where it does not)
                         results(grows, base=lambda v, i: 3.2 if v == "head" else 3.0)),
     "trains_at": ({"lr": 1e-2, "gain": 1.0}, results(grows), results(grows, base=lambda v, i: 5.0)),
     # the checks of the mitigations after the paper (issue 16)
+    "sensitivity_range_smaller": ({"axis": AXIS, "narrower": "head", "wider": "off", "over": "label.lambda",
+                                   "default": 1e-4}, over_lambda(0.001, 0.05), over_lambda(0.05, 0.001)),
     "at_most": ({"column": "attn_logit_max/0", "bound": 50.0}, results(grows),
                 results(grows, logit=lambda v, i, lr: 60.0 if lr > 0.1 else 10.0)),
     "best_lr_within": ({"axis": AXIS, "a": "off", "b": "head", "steps": 1},
@@ -115,3 +126,10 @@ def test_a_check_passes_where_its_claim_holds_and_fails_where_it_does_not(name):
     assert detail  # the numbers behind the verdict
     ok, detail = check(fails, **args)
     assert claims.state_of(ok) == "not reproduced", (name, detail)
+
+
+def test_at_most_of_the_absolute_value():
+    """μ-centering's claim reads |mean logit|: a logit of -60 passes a bound of 50 as a value, not as a magnitude."""
+    r = results(grows, logit=lambda v, i, lr: -60.0)
+    assert claims.at_most(r, "attn_logit_max/0", 50.0)[0]
+    assert not claims.at_most(r, "attn_logit_max/0", 50.0, absolute=True)[0]

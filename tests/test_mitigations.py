@@ -27,7 +27,7 @@ GOLDEN_CASES = {  # the groups of golden/switches_off.json, trained before the s
 }
 OFF = {"model": {"attn_softcap": None, "final_softcap": None, "qkv_layernorm": False, "norm_placement": "pre",
                  "depth_alpha": None, "base_depth": 1},
-       "optim": {"optimizer": "adamw", "qk_clip": None, "zclip": None}}
+       "optim": {"optimizer": "adamw", "qk_clip": None, "zclip": None, "mu_centering": False, "mu_loss": 0.0}}
 
 SWITCHES = {  # each switch on, over a group without qk-layernorm where the mechanism has something to act on
     "softcap": ({"model": {"qk_layernorm": False}}, {"attn_softcap": [5.0], "final_softcap": [3.0]}),
@@ -39,6 +39,9 @@ SWITCHES = {  # each switch on, over a group without qk-layernorm where the mech
     "completep": ({"model": {"depth_alpha": 1.0}}, {}),
     "qkv_layernorm": ({"model": {"qkv_layernorm": True}}, {}),
     "reordered": ({"model": {"norm_placement": "reordered"}}, {}),
+    # Output Embedding Centering (issue 23), where it has a drift to act on: no weight decay, no z-loss
+    "mu_centering": ({"optim": {"weight_decay": 0.0, "z_loss": 0.0}}, {"mu_centering": [True]}),
+    "mu_loss": ({"optim": {"weight_decay": 0.0, "z_loss": 0.0}}, {"mu_loss": [1e-2]}),
 }
 
 
@@ -508,12 +511,13 @@ def test_the_forecast_ladder_trains_with_the_targets_mitigations_and_its_verdict
 
 
 def test_the_beyond_experiments_are_listed_after_the_papers_and_share_its_groups():
-    """``reproduce beyond`` runs the seven families; ``all`` stays the paper's. A family's baseline groups are other
+    """``reproduce beyond`` runs the eight families; ``all`` stays the paper's. A family's baseline groups are other
     experiments' groups (the same run ids), so they train once: norms' baseline is fig1's qk-layernorm group,
     atan2's AdamW group is fig12's, muon's AdamW groups are qkclip's."""
     from proxyscale import experiments, reproduce, sweep
 
-    assert experiments.names()[-7:] == list(experiments.BEYOND)
+    assert experiments.names()[-len(experiments.BEYOND):] == list(experiments.BEYOND)
+    assert len(experiments.BEYOND) == 8  # the seven families of issue 16 and OEC (issue 23)
     assert not set(experiments.BEYOND) & set(experiments.SETS["all"]())
     ids = {name: {g.id for g in sweep.expand(reproduce.sweep_spec(reproduce.load(name), "micro"))}
            for name in ("fig1", "norms", "atan2", "fig12", "qkclip", "muon")}
@@ -560,3 +564,80 @@ def test_train_prints_a_switch_that_is_off_as_off(tmp_path, capsys):
     assert main(["train", str(tmp_path / "g.yaml"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "attn_softcap" in out and "off" in out
+
+
+# -- Output Embedding Centering (issue 23) ------------------------------------------------------------------------
+
+def test_mu_norm_is_the_norm_of_the_mean_output_row_by_hand(tmp_path):
+    """‖μ‖ per member from the master weights equals the hand computation: the mean over the vocabulary of the
+    output layer (``unembed`` [K, D, V]), or of the tied embedding ([K, V, D])."""
+    from proxyscale.optim import mu_norm
+
+    for tied in (False, True):
+        run_ = GroupRun(config.from_dict(tiny(model={"tied_embeddings": tied}, members={"lr": [1e-2, 1e-1]})),
+                        tmp_path / str(tied))
+        w = run_.fp.params["embed"].detach() if tied else run_.fp.params["unembed"].detach()
+        by_hand = [w[k].mean(dim=0 if tied else 1).norm().item() for k in range(2)]
+        assert mu_norm(run_.fp).tolist() == pytest.approx(by_hand, rel=1e-6), tied
+
+
+def test_mu_centering_pins_mu_and_the_mean_logit_at_zero_and_leaves_other_members_alone(tmp_path):
+    """After every step a centred member's μ is 0 to float tolerance, so its mean output logit (μ·h̄) is 0 too;
+    the member without centering drifts, and is bit-identical to the same member in a group without centering."""
+    from proxyscale.optim import mu_norm
+
+    raw = tiny(optim={"weight_decay": 0.0, "z_loss": 0.0}, members={"lr": [0.1], "mu_centering": [False, True]})
+    run_ = GroupRun(config.from_dict(raw), tmp_path / "g")
+    run_.run()
+    frame = run_.log.frame()
+    w = run_.fp.params["unembed"].detach()
+    scale = w[1].abs().max().item()
+    assert mu_norm(run_.fp)[1].item() < 1e-6 * scale * w.shape[-1] ** 0.5
+    on, off = member_frame(frame, 1), member_frame(frame, 0)
+    assert on["mu_norm"].drop_nulls().max() < 1e-5 and off["mu_norm"].drop_nulls()[-1] > 1e-3
+    # μ·h̄ with μ = 0, from the first step on (the step-0 forward runs on the initial weights, before any centering)
+    assert on["output_logit_mean"].drop_nulls()[1:].abs().max() < 1e-6
+    assert on["output_logit_mean"].drop_nulls()[0] == pytest.approx(off["output_logit_mean"].drop_nulls()[0])
+    alone = GroupRun(config.from_dict(tiny(optim={"weight_decay": 0.0, "z_loss": 0.0}, members={"lr": [0.1]})),
+                     tmp_path / "alone")
+    alone.run()
+    assert member_frame(alone.log.frame(), 0)["loss"].to_list() == off["loss"].to_list()
+
+
+def test_mu_loss_adds_lambda_mu_squared_to_the_objective():
+    """The objective of one batch with μ-loss λ is the one without plus λ·‖μ‖² per member (OEC's model.py)."""
+    import tempfile
+
+    raw = tiny(optim={"z_loss": 0.0}, members={"lr": [1e-2], "mu_loss": [0.0, 0.5]})
+    with tempfile.TemporaryDirectory() as d:
+        run_ = GroupRun(config.from_dict(raw), Path(d) / "g")
+        x, y = run_.batches.train(0)
+        weights = run_.weights.refresh(None)
+        with_mu = run_._loss(weights, x, y, run_.z_coef, False, None, run_.mu_coef)[0]
+        without = run_._loss(weights, x, y, run_.z_coef, False, None, None)[0]
+        mu_sq = weights["unembed"].float().mean(-1).square().sum(-1)
+        # a difference of two float32 objectives of about 2 x 6 nats: their spacing is ~1e-6
+        assert (with_mu - without).item() == pytest.approx(0.5 * mu_sq[1].item(), abs=4e-6)
+        assert 0.5 * mu_sq[1].item() > 1e-3  # large against that tolerance: the term is there
+
+
+def test_a_group_with_oec_resumes_bit_for_bit(tmp_path):
+    import polars as pl
+
+    from proxyscale.callbacks import StepEnd
+    from proxyscale.train import train_group
+
+    raw = tiny(optim={"weight_decay": 0.0, "z_loss": 0.0}, train={"steps": 30, "checkpoint_every": 10},
+               members={"lr": [0.1], "mu_centering": [False, True], "mu_loss": [0.0, 1e-2]})
+    cfg = config.from_dict(raw)
+    train_group(cfg, tmp_path / "full")
+
+    def interrupt(step):
+        if step == 24:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfg, tmp_path / "resumed", callbacks=[StepEnd(interrupt)])
+    train_group(cfg, tmp_path / "resumed")
+    a, b = (pl.read_parquet(tmp_path / d / "metrics.parquet").drop("tokens_per_s") for d in ("full", "resumed"))
+    assert a.equals(b)

@@ -294,13 +294,15 @@ def best_loss_lower(results: pl.DataFrame, axis: str, better: Any, worse: Any, a
 
 @check
 def at_most(results: pl.DataFrame, column: str, bound: Any, where: dict[str, Any] | None = None,
-            per: str = SIZE) -> tuple[bool, str]:
-    """Every run (matching ``where``) has ``column`` ≤ ``bound``: a number, or a column read per run (e.g.
-    ``member.attn_softcap``: each run's own cap). Runs where ``column`` was not measured are left out; none left is
-    not reproduced."""
+            per: str = SIZE, absolute: bool = False) -> tuple[bool, str]:
+    """Every run (matching ``where``) has ``column`` (|column| with ``absolute``) ≤ ``bound``: a number, or a column
+    read per run (e.g. ``member.attn_softcap``: each run's own cap). Runs where ``column`` was not measured are left
+    out; none left is not reproduced."""
     r = table.where(results, where)
     if column not in r.columns:
         return False, f"{column}: not measured in these runs"
+    if absolute:
+        r = r.with_columns(pl.col(column).abs())
     limit = pl.col(col(bound)) if isinstance(bound, str) else pl.lit(float(bound))
     r = r.filter(pl.col(column).is_not_null() & pl.col(column).is_not_nan()).with_columns(limit.alias("_bound"))
     parts, ok = [], r.height > 0
@@ -309,6 +311,28 @@ def at_most(results: pl.DataFrame, column: str, bound: Any, where: dict[str, Any
         ok &= worst["_over"] <= 0
         parts.append(f"{key[0]}: max {worst[column]:.4g} vs {worst['_bound']:.4g}")
     return ok, f"{column} ≤ {bound} — " + "; ".join(parts)
+
+
+@check
+def sensitivity_range_smaller(results: pl.DataFrame, axis: str, narrower: Any, wider: Any, over: str,
+                              default: Any = None, where: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """LR sensitivity varies less over the values of ``over`` (e.g. a coefficient λ) with ``axis == narrower`` than
+    with ``axis == wider``: the range (max − min) of the sensitivity over ``over``, each the mean over sizes and
+    seeds. Rows whose ``over`` is null take ``default`` (the setting the main runs use). Compares means over seeds."""
+    r = table.where(results, where)
+    o = col(over)
+    if default is not None and o in r.columns:
+        r = r.with_columns(pl.col(o).fill_null(default))
+    ranges, parts = {}, []
+    for v in (narrower, wider):
+        s = sensitivity_summary(r.filter(is_(axis, v)), [SIZE, o])
+        by = s.group_by(o).agg(pl.col("lr_sensitivity").mean()).sort(o)
+        vals = [x for x in by["lr_sensitivity"].to_list() if x is not None and x == x]
+        ranges[v] = max(vals) - min(vals) if len(vals) >= 2 else float("nan")
+        parts.append(f"{axis}={v}: " + ", ".join(f"{k:g}: {x:.3f}" if isinstance(k, float) else f"{k}: {x:.3f}"
+                                                  for k, x in zip(by[o].to_list(), by["lr_sensitivity"].to_list()))
+                     + f" (range {ranges[v]:.3f})")
+    return ranges[narrower] < ranges[wider], f"LR sensitivity over {over} — " + "; ".join(parts)
 
 
 def _grid_index(lrs: list[float], lr: float) -> int:

@@ -203,6 +203,15 @@ class OptimConfig:
     """ZClip's EMA factor α for the mean and variance of the gradient norm (reference default 0.97). In (0, 1)."""
     zclip_warmup: int = 25
     """ZClip's warm-up steps: the first norms only initialise μ and σ², with plain ``clip`` (reference default 25)."""
+    mu_centering: bool = False
+    """Output Embedding Centering, μ-centering (Stollenwerk, Lokrantz and Hertzberg 2026, arXiv 2601.02031; code
+    flxst/output-embedding-centering, ``nanoGPT/train.py``, the ``if mucentering:`` block after
+    ``optimizer.zero_grad``): right after every optimizer step, W_out ← W_out − μ, μ the mean output-embedding row
+    (the mean over the vocabulary), so the mean output logit μ·h stays 0. No hyperparameter. With tied embeddings
+    the shared embedding is centred, as the reference does. A member scalar."""
+    mu_loss: float = 0.0
+    """Output Embedding Centering, μ-loss (same source, ``nanoGPT/model.py``: ``loss += gamma * dot(mu, mu)``):
+    loss += λ·‖μ‖², μ the mean output-embedding row; the reference runs λ = 1e-4. 0 = off. A member scalar."""
 
 
 LOG_TO = ("tensorboard", "wandb")
@@ -224,6 +233,8 @@ class Member:
     final_softcap: float | None = None
     qk_clip: float | None = None
     zclip: float | None = None
+    mu_centering: bool = False
+    mu_loss: float = 0.0
 
 
 MEMBER_SCALARS = tuple(f.name for f in dataclasses.fields(Member))
@@ -237,7 +248,8 @@ OFF_BY_DEFAULT = {f"model.{n}": None for n in ("attn_softcap", "final_softcap", 
     "model.qkv_layernorm": False, "model.norm_placement": "pre", "model.base_depth": 1,
     "optim.optimizer": "adamw", "optim.muon_lr_adjust": "match_rms_adamw", "optim.muon_momentum": 0.95,
     "optim.atan2_a": 1.27, "optim.atan2_b": 1.0, "optim.qk_clip": None, "optim.qk_clip_alpha": 0.5,
-    "optim.zclip": None, "optim.zclip_alpha": 0.97, "optim.zclip_warmup": 25}
+    "optim.zclip": None, "optim.zclip_alpha": 0.97, "optim.zclip_warmup": 25, "optim.mu_centering": False,
+    "optim.mu_loss": 0.0}
 """The fields added after the paper (``Beyond the paper``) at their defaults, where they change nothing: a run's
 identity leaves them out there, so every run id (and every cached result) from before they existed still holds."""
 
@@ -450,6 +462,8 @@ def _validate(cfg: GroupConfig) -> None:
             raise ConfigError(f"{where}.weight_decay: must be >= 0, got {member.weight_decay}")
         if member.z_loss < 0:
             raise ConfigError(f"{where}.z_loss: must be >= 0, got {member.z_loss}")
+        if member.mu_loss < 0:
+            raise ConfigError(f"{where}.mu_loss: must be >= 0 (0 = off), got {member.mu_loss}")
         if not 0 <= member.beta2 < 1:
             raise ConfigError(f"{where}.beta2: must be in [0, 1), got {member.beta2}")
         if member.warmup < 0:

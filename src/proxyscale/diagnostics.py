@@ -100,6 +100,6 @@ def log_bytes(members: int, logged_steps: int, columns: int) -> int:
 
 
 def logged_columns(depth: int, tensors: int) -> int:
-    """Columns a proxy group logs per step: ~12 scalars (loss, z-loss, eval loss, LR, log Z, ...), the per-layer
-    ``model.STATS`` (4 per layer), and gradient, update and parameter RMS per tensor (3 per tensor)."""
-    return 12 + 4 * depth + 3 * tensors
+    """Columns a proxy group logs per step: ~13 scalars (loss, z-loss, eval loss, LR, log Z, ‖μ‖, ...), the
+    per-layer ``model.STATS`` (4 per layer), and gradient, update and parameter RMS per tensor (3 per tensor)."""
+    return 13 + 4 * depth + 3 * tensors

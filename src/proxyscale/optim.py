@@ -211,6 +211,29 @@ def qk_clip(fp: FlatParams, head_max: torch.Tensor, tau: torch.Tensor, alpha: fl
     return on.sum(dim=(0, 2)).float()
 
 
+def output_rows(fp: FlatParams) -> tuple[torch.Tensor, int]:
+    """The output layer as a view of the master weights and its vocabulary axis: ``unembed`` [K, D, V] (axis -1),
+    or with tied embeddings the embedding [K, V, D] (axis 1)."""
+    name = "unembed" if "unembed" in fp.slices else "embed"
+    K = fp.flat.shape[0]
+    return fp.flat[:, fp.slices[name]].view(K, *fp.shapes[name]), (-1 if name == "unembed" else 1)
+
+
+def mu_norm(fp: FlatParams) -> torch.Tensor:
+    """‖μ‖ per member [K]: the norm of the mean output-embedding row (Output Embedding Centering's μ; the mean output
+    logit is μ·h̄). Float32, from the master weights."""
+    w, axis = output_rows(fp)
+    return w.float().mean(dim=axis).norm(dim=-1)
+
+
+def mu_center(fp: FlatParams, on: torch.Tensor) -> None:
+    """μ-centering (``optim.mu_centering``), right after the optimizer step: W_out ← W_out − μ for the members
+    ``on`` [K] (bool); the others are left bit-identical (``torch.where``, never a multiply by 0)."""
+    w, axis = output_rows(fp)
+    centred = w - w.mean(dim=axis, keepdim=True)
+    w.copy_(torch.where(on.view(-1, *([1] * (w.dim() - 1))), centred, w))
+
+
 class BatchedAdamW:
     """AdamW for K members at once, on the device: the schedule, clipping, masking of frozen members and the
     update never wait for the host. ``step`` applies one update to the members marked active.

@@ -55,8 +55,8 @@ MEASURED = (N_PARAMS, L0, FINAL_LOSS, DIVERGED, "diverged_step", "output_logit_m
             "grad_norm")
 """Measured columns addressed by their bare names."""
 
-DIAGNOSTICS = ("attn_logit_max/0", "q_norm/0", "k_norm/0", "output_logit_mean", "log_z_mean", "grad_norm",
-               "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
+DIAGNOSTICS = ("attn_logit_max/0", "q_norm/0", "k_norm/0", "output_logit_mean", "log_z_mean", "mu_norm",
+               "grad_norm", "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
 """Per-step diagnostics reduced to one value per member (the mean over the tail of the run)."""
 
 NOT_IDENTITY = ("threads", "device", "log_to")

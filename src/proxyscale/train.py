@@ -34,7 +34,7 @@ from .device import (
 from .diagnostics import MetricsLog, log_bytes, logged_columns
 from .losses import loss_parts, total_loss
 from .model import Caps, ProxyGPT, count_params, depth_eps_mult, init_params, param_specs
-from .optim import BatchedAdamW, FlatParams, param_order, qk_clip
+from .optim import BatchedAdamW, FlatParams, mu_center, mu_norm, param_order, qk_clip
 from .records import GroupSummary
 
 
@@ -132,6 +132,12 @@ class GroupRun:
         self.loss_fn = compile_fn(self._loss, self.compiled)
         self.chunk = rows_chunk(self.device, K, self.vocab_size)
         self.z_coef = torch.tensor([m.z_loss for m in self.members], device=self.device)
+        # Output Embedding Centering (optim.mu_loss, optim.mu_centering): None where no member has it, so a group
+        # without it runs today's code path, bit for bit
+        self.mu_coef = (torch.tensor([m.mu_loss for m in self.members], device=self.device)
+                        if any(m.mu_loss > 0 for m in self.members) else None)
+        self.mu_on = (torch.tensor([m.mu_centering for m in self.members], device=self.device)
+                      if any(m.mu_centering for m in self.members) else None)
         self.active = torch.ones(K, dtype=torch.bool, device=self.device)
         self.rows: torch.Tensor | None = None  # the live members computed each step (None = all)
         self.diverged_step = torch.full((K,), -1, dtype=torch.long, device=self.device)
@@ -167,12 +173,16 @@ class GroupRun:
 
     # -- one step ----------------------------------------------------------------------------------------------
     def _loss(self, weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, z_coef: torch.Tensor,
-              record: bool, caps: Caps | None = None) -> tuple[torch.Tensor, ...]:
+              record: bool, caps: Caps | None = None, mu_coef: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Forward and loss of one (micro-)batch: (objective, ce, z_sq, log_z, logit_mean, layer stats or None).
-        The unit that ``train.compile`` compiles."""
+        The unit that ``train.compile`` compiles. ``mu_coef`` [K]: μ-loss λ·‖μ‖² per member (None: off)."""
         logits, stats = self.model.forward(weights, x, record, caps)
         parts = loss_parts(logits, y, diagnostics=record, chunk=self.chunk)
-        return total_loss(parts, z_coef), parts.ce, parts.z_sq, parts.log_z, parts.logit_mean, stats
+        objective = total_loss(parts, z_coef)
+        if mu_coef is not None:  # μ = the mean output-embedding row, in float32 (OEC's nanoGPT/model.py)
+            out, axis = (weights["unembed"], -1) if "unembed" in weights else (weights["embed"], 1)
+            objective = objective + (mu_coef * out.float().mean(dim=axis).square().sum(-1)).sum()
+        return objective, parts.ce, parts.z_sq, parts.log_z, parts.logit_mean, stats
 
     def _full(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """A per-member value of the live rows -> [K]: members not computed repeat their last logged value."""
@@ -194,6 +204,7 @@ class GroupRun:
         weights = self.weights.refresh(rows)
         leaves = [weights[n] for n in self.fp.names]
         z_coef = self.z_coef if rows is None else self.z_coef[rows]
+        mu_coef = self.mu_coef if self.mu_coef is None or rows is None else self.mu_coef[rows]
         caps = None if self.caps is None else self.caps.rows(rows)
         mb = self.micro_batch
         n_chunks = x.shape[0] // mb
@@ -201,7 +212,7 @@ class GroupRun:
         head_max = []  # QK-clip's per-head max logits of each micro-batch [L, K, H]
         for c in range(n_chunks):
             xc, yc = x[c * mb:(c + 1) * mb], y[c * mb:(c + 1) * mb]
-            loss, ce, z_sq, log_z, logit_mean, stats = self.loss_fn(weights, xc, yc, z_coef, logged, caps)
+            loss, ce, z_sq, log_z, logit_mean, stats = self.loss_fn(weights, xc, yc, z_coef, logged, caps, mu_coef)
             grads = torch.autograd.grad(loss / n_chunks if n_chunks > 1 else loss, leaves, allow_unused=True)
             self.weights.grad_into(grads, self.opt.g, accumulate=c > 0)
             if stats is not None and "attn_logit_max_head" in stats:
@@ -218,6 +229,8 @@ class GroupRun:
         stats = self.opt.step(self.opt.g, self.active & finite, want_stats=logged)
         if head_max:  # QK-clip, right after the optimizer step, from this step's batch (Kimi K2; Megatron-LM)
             stats.update(self._qk_clip(torch.stack(head_max).amax(dim=0), rows, stats["applied"]))
+        if self.mu_on is not None:  # μ-centering, right after the step, on the members that updated (OEC)
+            mu_center(self.fp, self.mu_on & stats["applied"])
         # A NaN/Inf loss or gradient freezes a member at once; a loss above ℓ0 + margin for a window does too.
         ok = stats.pop("applied")
         assert self.l0 is not None
@@ -228,7 +241,7 @@ class GroupRun:
         self.active = self.active & ~newly
         if not logged:
             return None
-        cols = {"loss": ce, "z_loss": self.z_coef * z_sq, **measured}
+        cols = {"loss": ce, "z_loss": self.z_coef * z_sq, **measured, "mu_norm": mu_norm(self.fp)}
         for name, value in stats.items():  # members not computed show their last measurement, as above
             cols[name] = value if name == "lr" or rows is None else self._full(name, value[rows])
         self.last = dict(cols)
