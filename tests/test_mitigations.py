@@ -525,30 +525,37 @@ def test_the_beyond_experiments_are_listed_after_the_papers_and_share_its_groups
     assert ids["qkclip"] <= ids["muon"]  # muon's AdamW groups are qkclip's
 
 
-def test_a_group_with_every_stateful_switch_resumes_bit_for_bit(tmp_path):
-    """Muon's momentum, ZClip's EMAs and warm-up buffer and QK-clip's edits live in the checkpoint: interrupted at
-    step 24 and resumed from the step-20 checkpoint, the group ends where the uninterrupted one does."""
+def _resumed_equals_uninterrupted(tmp_path, raw, at: int):
+    """Train ``raw`` whole, and again interrupted after step ``at`` then resumed from its last checkpoint; returns
+    the whole run's metrics after asserting both runs logged the same numbers."""
     import polars as pl
 
     from proxyscale.callbacks import StepEnd
     from proxyscale.train import train_group
 
-    raw = tiny(model={"qk_layernorm": False}, optim={"optimizer": "muon", "zclip_warmup": 5},
-               train={"steps": 30, "checkpoint_every": 10},
-               members={"lr": [0.3, 1.0], "zclip": [1.0], "qk_clip": [3.0]})
     cfg = config.from_dict(raw)
-    full, _ = train_group(cfg, tmp_path / "full")
+    train_group(cfg, tmp_path / "full")
 
     def interrupt(step):
-        if step == 24:
+        if step == at:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train_group(cfg, tmp_path / "resumed", callbacks=[StepEnd(interrupt)])
-    resumed, trained = train_group(cfg, tmp_path / "resumed")
+    _, trained = train_group(cfg, tmp_path / "resumed")
     assert trained
     a, b = (pl.read_parquet(tmp_path / d / "metrics.parquet").drop("tokens_per_s") for d in ("full", "resumed"))
     assert a.equals(b)
+    return a
+
+
+def test_a_group_with_every_stateful_switch_resumes_bit_for_bit(tmp_path):
+    """Muon's momentum, ZClip's EMAs and warm-up buffer and QK-clip's edits live in the checkpoint: interrupted at
+    step 24 and resumed from the step-20 checkpoint, the group ends where the uninterrupted one does."""
+    raw = tiny(model={"qk_layernorm": False}, optim={"optimizer": "muon", "zclip_warmup": 5},
+               train={"steps": 30, "checkpoint_every": 10},
+               members={"lr": [0.3, 1.0], "zclip": [1.0], "qk_clip": [3.0]})
+    a = _resumed_equals_uninterrupted(tmp_path, raw, 24)
     assert a["zclip_clips"].max() > 0 and a["qk_clip_heads"].max() > 0, "the switches never acted: nothing tested"
 
 
@@ -622,22 +629,6 @@ def test_mu_loss_adds_lambda_mu_squared_to_the_objective():
 
 
 def test_a_group_with_oec_resumes_bit_for_bit(tmp_path):
-    import polars as pl
-
-    from proxyscale.callbacks import StepEnd
-    from proxyscale.train import train_group
-
     raw = tiny(optim={"weight_decay": 0.0, "z_loss": 0.0}, train={"steps": 30, "checkpoint_every": 10},
                members={"lr": [0.1], "mu_centering": [False, True], "mu_loss": [0.0, 1e-2]})
-    cfg = config.from_dict(raw)
-    train_group(cfg, tmp_path / "full")
-
-    def interrupt(step):
-        if step == 24:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_group(cfg, tmp_path / "resumed", callbacks=[StepEnd(interrupt)])
-    train_group(cfg, tmp_path / "resumed")
-    a, b = (pl.read_parquet(tmp_path / d / "metrics.parquet").drop("tokens_per_s") for d in ("full", "resumed"))
-    assert a.equals(b)
+    _resumed_equals_uninterrupted(tmp_path, raw, 24)
