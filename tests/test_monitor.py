@@ -110,6 +110,21 @@ def test_nanogpt_logit_equals_the_models_own(tmp_path):
     for i, block in enumerate(model.h):
         assert m[f"attn_logit_max/{i}"][0] == pytest.approx(block.attn.max_logit, rel=1e-5)
     assert m["log_z_mean"][0] == pytest.approx(torch.logsumexp(logits.detach(), -1).mean().item(), rel=1e-6)
+    # ‖μ‖, the mean row of the output layer; and the mean logit is μ·h̄ (no bias), h̄ the mean final hidden state
+    mu = model.lm_head.weight.detach().mean(dim=0)
+    assert m["mu_norm"][0] == pytest.approx(mu.norm().item(), rel=1e-6)
+    with torch.no_grad():
+        h = model.ln_f(_final_hidden(model, x[:, :-1]))
+    assert m["output_logit_mean"][0] == pytest.approx(torch.dot(mu, h.mean(dim=(0, 1))).item(), rel=1e-4, abs=1e-7)
+
+
+def _final_hidden(model, x):
+    """NanoGPT's residual stream before ``ln_f`` (its forward, without the output layer)."""
+    pos = torch.arange(x.shape[1])
+    h = model.wte(x) + model.wpe(pos)
+    for block in model.h:
+        h = block(h)
+    return h
 
 
 def test_actions_stop_and_skip(tmp_path):

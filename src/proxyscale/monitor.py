@@ -166,6 +166,15 @@ class Alarms:
         return out
 
 
+def _output_weight(model: nn.Module) -> torch.Tensor | None:
+    """The output layer's weight [V, D] (``get_output_embeddings()``, else a module named ``lm_head``), whose mean
+    row is μ; None where the model has neither."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = head or next((m for n, m in model.named_modules() if n.split(".")[-1] == "lm_head"), None)
+    weight = getattr(head, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
 class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int, out: Path,
                  qk: dict[str, tuple[nn.Module, nn.Module]] | None, qk_weights: dict[str, tuple[torch.Tensor,
@@ -189,6 +198,7 @@ class Monitor:
         self.captured: dict[str, torch.Tensor] = {}  # loss / logits from ``capture_outputs``' hooks
         self.kind = self._find_attention(qk, heads)
         self.qk_weights = qk_weights or {}
+        self.output_weight = _output_weight(model)  # for ‖μ‖, the mean output-embedding row (issue 23)
         self._find_blocks()
         # Adam moments to read the update direction from (module docstring); else parameters are copied per step
         self.adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
@@ -390,6 +400,8 @@ class Monitor:
             z = logits.detach().float()
             cols["output_logit_mean"] = z.mean()
             cols["log_z_mean"] = torch.logsumexp(z, dim=-1).mean()
+        if self.output_weight is not None:  # ‖μ‖: the mean logit is μ·h (Output Embedding Centering's account)
+            cols["mu_norm"] = self.output_weight.detach().float().mean(dim=0).norm()
         grads = [(n, p.grad) for p, n in self.names.items() if p.grad is not None]
         if grads:
             norms = torch._foreach_norm([g.detach().float() for _, g in grads])
