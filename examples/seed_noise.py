@@ -26,8 +26,8 @@ def main(init_dir: str, data_dir: str) -> None:
     init = pl.read_parquet(Path(init_dir) / "results.parquet")
     data = pl.read_parquet(Path(data_dir) / "results.parquet")
     by_init = sensitivity_frame(init, KEYS)  # one row per setting and init seed (data order 0)
-    order0 = by_init.filter(pl.col("member.seed") == 0).with_columns(pl.lit(0).alias("label.train.seed"))
-    by_data = pl.concat([order0.select(*KEYS, "n_params", "label.train.seed", "lr_sensitivity"),
+    order0 = by_init.filter(pl.col("member.seed") == 0).with_columns(pl.lit(0, dtype=pl.Int64).alias("label.train.seed"))
+    by_data = pl.concat(how="vertical_relaxed", items=[order0.select(*KEYS, "n_params", "label.train.seed", "lr_sensitivity"),
                          sensitivity_frame(data, [*KEYS, "label.train.seed"])
                          .select(*KEYS, "n_params", "label.train.seed", "lr_sensitivity")])
     print("| size | qk-layernorm | init seeds 0 / 1 / 2 (data 0) | sd over init | data orders 0 / 1 / 2 (init 0) "
