@@ -73,3 +73,12 @@ def test_train_and_sweep_share_one_identity(make_raw, tmp_path):
     assert train_group(other_threads, tmp_path / "g")[1] is False
     with pytest.raises(ConfigError, match="different config"):
         train_group(longer, tmp_path / "g")
+
+
+def test_every_diagnostic_is_its_own_column_in_claims_and_figures():
+    """A figure or claim naming a diagnostic by its bare name (``mu_norm``, ``log_z_mean``) reads that column, not a
+    label of that name (found running the oec experiment: ``metric_vs`` looked for ``label.mu_norm``)."""
+    from proxyscale import table
+
+    assert all(table.col(d) == d for d in table.DIAGNOSTICS)
+    assert table.col("model.qk_layernorm") == "label.model.qk_layernorm"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -268,7 +269,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         console.print(sensitivity_table(rec.sensitivity, f"{name}: LR sensitivity per group of LRs"))
         for v in rec.verdicts:
             colour = "green" if v.reproduced else "yellow" if v.verdict == NOISE else "red"
-            console.print(f"[{colour}]{v.verdict}[/{colour}]: {v.claim}\n    {v.detail}", highlight=False)
+            # the claim and its numbers as text: a "[one seed: ...]" in them is not rich markup
+            console.print(f"[{colour}]{v.verdict}[/{colour}]: {escape(v.claim)}\n    {escape(v.detail)}",
+                          highlight=False)
         console.print(f"{name}: {rec.seconds:.0f} s")
     if args.name == "beyond":
         summary = reproduce.summarise_beyond(out, args.scale)
@@ -329,7 +332,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     colours = {"likely": "red", "possible": "yellow", "unlikely": "green"}
     for v in rec.verdicts:
         colour = colours.get(v["verdict"], "white")
-        console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {v['detail']}", highlight=False)
+        console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {escape(v['detail'])}", highlight=False)
     sens = rec.lr_sensitivity
     if sens.get("ok"):
         console.print(f"LR sensitivity at the target's N: {sens['value']:.3g} (80% interval {sens['low']:.3g}–"

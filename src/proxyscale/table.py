@@ -90,9 +90,10 @@ def same_run(a: GroupConfig | dict[str, Any], b: GroupConfig | dict[str, Any]) -
 # ---- names and values ---------------------------------------------------------------------------------------
 
 def col(name: str) -> str:
-    """The column for ``name``: ``label.*``, ``member.*``, diagnostics (``a/b``) and measured columns as they are;
-    a config path such as ``model.qk_layernorm`` means its label column."""
-    if name.startswith(("label.", "member.")) or "/" in name or name in MEASURED or name in ("group", "member"):
+    """The column for ``name``: ``label.*``, ``member.*``, diagnostics (``a/b``, ``DIAGNOSTICS``) and measured
+    columns as they are; a config path such as ``model.qk_layernorm`` means its label column."""
+    if name.startswith(("label.", "member.")) or "/" in name or name in MEASURED or name in DIAGNOSTICS \
+            or name in ("group", "member"):
         return name
     return f"label.{name}"
 
