@@ -45,23 +45,9 @@ SWITCHES = {  # each switch on, over a group without qk-layernorm where the mech
 }
 
 
-# The golden numbers were recorded on another machine (an AMX CPU), so they are compared with a tolerance, and the
-# bit-for-bit half of the promise is checked in this process (below). The tolerance is measured (issue 21): the two
-# cases trained on a 2-core AMD EPYC with AVX512-BF16 and no AMX, once with torch's native kernels (AVX512) and once
-# each with its AVX2 and default kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), against
-# the golden's AMX machine: four kernel sets, six pairs.
-# - Every stable member (both members with qk-layernorm, LR 0.03 without): training losses within 7.3e-6 (relative)
-#   at every step, final eval losses within 5.5e-7. Compared at GOLDEN_REL = 1e-4, 14x the widest measured spread.
-#   What that still catches, measured on the LR 0.01 member with qk-layernorm over its first 10 steps: a final-logit
-#   soft-cap of 30 left on moves the loss by 2e-5 to 1e-3 (past 1e-4 at 8 of 10 steps), reordered norms by 2e-3 to
-#   2e-2; an attention soft-cap of 50 barely binds at these logits (at most 3e-5) and would pass, which is why the
-#   bit-for-bit check in one process, not the golden, is what holds a switch off.
-# - The LR 0.3 member without qk-layernorm is the instability this project studies: its loss amplifies a last-digit
-#   difference about tenfold a step (spread 1e-7 up to step 4, 1e-5 at step 5, 1e-3 at step 7, 4e-2 by step 19), so
-#   a stored trajectory says nothing about its later steps on another CPU. It is compared over its first
-#   GOLDEN_CHAOTIC_STEPS = 4 steps (spread at most 1.2e-7 there), and bit for bit against the same process's run.
+# The golden's cross-CPU tolerance (measured: see the docstring of test_every_switch_off_is_todays_group_bit_for_bit)
 GOLDEN_REL = 1e-4
-GOLDEN_CHAOTIC = {"plain_coupled": [1]}  # members whose trajectory is chaotic after a few steps (see above)
+GOLDEN_CHAOTIC = {"plain_coupled": [1]}  # members whose trajectory is chaotic after a few steps (the docstring)
 GOLDEN_CHAOTIC_STEPS = 4
 
 
@@ -74,8 +60,26 @@ def _per_member(losses: list[float], k: int) -> list[list[float]]:
 def test_every_switch_off_is_todays_group_bit_for_bit(tmp_path, case):
     """Trained with every post-paper field at its off value, a group is the group without those fields: left out or
     named off, the same weights (sha256), losses and eval losses, bit for bit in this process. And both give the
-    numbers the code gave before those fields existed (golden/switches_off.json, recorded on another CPU), to the
-    measured cross-CPU tolerance above: every stable member at every step, the chaotic one over its first steps."""
+    numbers the code gave before those fields existed (golden/switches_off.json, recorded on another CPU), to a
+    measured cross-CPU tolerance: every stable member at every step, the chaotic one over its first steps.
+
+    The golden numbers were recorded on another machine (an AMX CPU), so they are compared with a tolerance, and the
+    bit-for-bit half of the promise is checked in this process. The tolerance is measured (issue 21): the two cases
+    trained on a 2-core AMD EPYC with AVX512-BF16 and no AMX, once with torch's native kernels (AVX512) and once each
+    with its AVX2 and default kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), against the
+    golden's AMX machine: four kernel sets, six pairs.
+
+    - Every stable member (both members with qk-layernorm, LR 0.03 without): training losses within 7.3e-6
+      (relative) at every step, final eval losses within 5.5e-7. Compared at GOLDEN_REL = 1e-4, 14x the widest
+      measured spread. What that still catches, measured on the LR 0.01 member with qk-layernorm over its first 10
+      steps: a final-logit soft-cap of 30 left on moves the loss by 2e-5 to 1e-3 (past 1e-4 at 8 of 10 steps),
+      reordered norms by 2e-3 to 2e-2; an attention soft-cap of 50 barely binds at these logits (at most 3e-5) and
+      would pass, which is why the bit-for-bit check in one process, not the golden, is what holds a switch off.
+    - The LR 0.3 member without qk-layernorm is the instability this project studies: its loss amplifies a
+      last-digit difference about tenfold a step (spread 1e-7 up to step 4, 1e-5 at step 5, 1e-3 at step 7, 4e-2 by
+      step 19), so a stored trajectory says nothing about its later steps on another CPU. It is compared over its
+      first GOLDEN_CHAOTIC_STEPS = 4 steps (spread at most 1.2e-7 there), and bit for bit within the process.
+    """
     raw = GOLDEN_CASES[case]
     named_off = {**raw, "model": {**raw["model"], **OFF["model"]}, "optim": {**raw["optim"], **OFF["optim"]}}
     got = {}
