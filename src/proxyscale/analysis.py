@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from .experiments import LR_GRIDS
-from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SEED_COLUMNS
+from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, replicate_columns
 
 LR_GRID = LR_GRIDS["paper"]
 """The paper's 7-point LR grid (§3): scales.yaml's ``paper`` grid, the catalogue's."""
@@ -110,8 +110,7 @@ def sensitivity_frame(results, by: Sequence[str]):
     """
     import polars as pl
 
-    by = list(by) + [c for c in SEED_COLUMNS if c in results.columns and c not in by
-                     and results[c].n_unique() > 1]
+    by = list(by) + [c for c in replicate_columns(results) if c not in by]
     rows = []
     for key, part in results.group_by(list(by), maintain_order=True):
         part = part.sort(LR)

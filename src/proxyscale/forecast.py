@@ -32,7 +32,8 @@ import polars as pl
 
 from . import sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
-from .seeds import count, replicate_columns, seed_keys
+from .seeds import count, seed_keys
+from .table import replicate_columns
 from .config import ConfigError, GroupConfig
 from .experiments import FORECAST_LADDERS
 from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, threshold, unstable

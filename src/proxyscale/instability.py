@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from .table import DIVERGED, FINAL_LOSS, LR, SEED_COLUMNS, SIZE
+from .table import DIVERGED, FINAL_LOSS, LR, SIZE, replicate_columns
 
 UNSTABLE = "unstable"
 """The column ``unstable`` adds to a results table."""
@@ -62,7 +62,7 @@ def unstable(results: pl.DataFrame, margin: float = MARGIN, reference: pl.DataFr
     """``results`` with an ``unstable`` column (module docstring). ``reference``: rows of the same sizes and LRs
     under a stabilising intervention, matched on the size label and LR (the intervention may change N slightly)."""
     # one LR curve per size and seed (init or data order, ``table.SEED_COLUMNS``): a seed's best is its own
-    seeds = [c for c in SEED_COLUMNS if c in results.columns and results[c].n_unique() > 1]
+    seeds = replicate_columns(results)
     if reference is not None:
         on = [SIZE, LR, *[c for c in seeds if c in reference.columns]]
         ref = reference.select(*on, pl.col(FINAL_LOSS).alias("_ref"))

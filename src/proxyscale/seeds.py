@@ -31,15 +31,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from .instability import t80
-from .table import SEED_COLUMNS
+from .table import replicate_columns
 
 REPRODUCED, NOT_REPRODUCED, NOISE = "reproduced", "not reproduced", "within seed noise"
 """The three verdicts of a claim judged against seed noise."""
-
-
-def replicate_columns(results: pl.DataFrame) -> list[str]:
-    """The seed columns of ``results`` that take more than one value: what tells a replicate from another."""
-    return [c for c in SEED_COLUMNS if c in results.columns and results[c].n_unique() > 1]
 
 
 def seed_keys(frame: pl.DataFrame) -> list[tuple]:

@@ -48,6 +48,8 @@ DIVERGED = "diverged"
 SEED_COLUMNS = ("member.seed", "label.train.seed")
 """The columns that tell one replicate of a setting from another (``seeds``): the init seed (a member scalar) and
 the data-order seed (an axis over ``train.seed``). Rows differing only in these are one setting's seeds."""
+
+
 LR_RTOL = 1e-9
 """Two learning rates (or any two float labels) are the same value when they agree to this relative tolerance."""
 
@@ -138,6 +140,11 @@ def at_lr(results: pl.DataFrame, lr: float) -> pl.DataFrame:
 def sizes(results: pl.DataFrame) -> list[str]:
     """The size labels present, smallest N first."""
     return results.sort(N_PARAMS)[SIZE].unique(maintain_order=True).to_list()
+
+
+def replicate_columns(results: pl.DataFrame) -> list[str]:
+    """The ``SEED_COLUMNS`` of ``results`` that take more than one value: what tells one replicate from another."""
+    return [c for c in SEED_COLUMNS if c in results.columns and results[c].n_unique() > 1]
 
 
 def variant_columns(results: pl.DataFrame) -> list[str]:
