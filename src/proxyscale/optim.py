@@ -259,6 +259,9 @@ class BatchedAdamW:
         beta2 = torch.tensor([m.beta2 for m in members], dtype=torch.float64).unsqueeze(1)
         self._table = torch.cat([lr, lr / peak, (1 - cfg.beta1 ** (t + 1)).expand_as(lr), 1 - beta2 ** (t + 1)],
                                 dim=2).float().to(device)
+        # the integrated LR Σ_{s≤t} η_s after step t [steps + 1, K] (float64 sum): the clock of the output-logit
+        # drift (drift.py; Output Embedding Centering: ‖μ‖ grows with it), logged as ``lr_integral``
+        self._integral = lr.cumsum(0).squeeze(2).float().to(device)
         self.wd = col([m.weight_decay for m in members])
         self.independent = col([m.independent_weight_decay for m in members], torch.bool)
         self.eps = col([m.eps * eps_mult for m in members]) if eps_mult != 1.0 else col([m.eps for m in members])
@@ -353,7 +356,8 @@ class BatchedAdamW:
         """One AdamW step on ``fp.flat`` from the gradient ``g [K, P]`` (consumed). ``active`` [K] bool: frozen
         members keep weights and moments bit for bit; so does a member whose gradient is not finite.
 
-        Returns ``grad_norm`` [K] (before clipping), ``lr`` [K], ``applied`` [K] and, when ``want_stats``, per
+        Returns ``grad_norm`` [K] (before clipping), ``lr`` [K], ``lr_integral`` [K] (Σ of the LR over the steps so
+        far, this one included), ``applied`` [K] and, when ``want_stats``, per
         tensor ``grad_rms/<name>`` (before clipping), ``update_rms/<name>`` (RMS of the Adam direction Δ, i.e.
         the update divided by the LR) and ``param_rms/<name>``, each [K]. Nothing here waits for the device.
         """
@@ -363,7 +367,8 @@ class BatchedAdamW:
         stats = {"grad_norm": grad_norm, "applied": applied}
         if want_stats:
             stats.update({f"grad_rms/{n}": r for n, r in fp.per_tensor(g).items()})  # before clipping
-        row = self._table[self.t.clamp(max=self.total_steps)]  # [K, 4], read on the device
+        index = self.t.clamp(max=self.total_steps)
+        row = self._table[index]  # [K, 4], read on the device
         lr_t, s_t, bias1, bias2 = row.unsqueeze(2).unbind(1)  # each [K, 1]; lr_t = s_t · η, s_t in [0, 1]
         self.t += 1
         step_lr = lr_t
@@ -393,6 +398,7 @@ class BatchedAdamW:
             stats.update({f"update_rms/{n}": r for n, r in fp.per_tensor(delta).items()})
             stats.update({f"param_rms/{n}": r for n, r in fp.per_tensor(fp.flat).items()})
         stats["lr"] = lr_t.squeeze(1)
+        stats["lr_integral"] = self._integral[index]
         return stats
 
     def _muon(self, g: torch.Tensor, keep: torch.Tensor, clip_coef: torch.Tensor, step_lr: torch.Tensor,

@@ -58,8 +58,9 @@ MEASURED = (N_PARAMS, L0, FINAL_LOSS, DIVERGED, "diverged_step", "output_logit_m
 """Measured columns addressed by their bare names."""
 
 DIAGNOSTICS = ("attn_logit_max/0", "q_norm/0", "k_norm/0", "output_logit_mean", "log_z_mean", "mu_norm",
-               "grad_norm", "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
-"""Per-step diagnostics reduced to one value per member (the mean over the tail of the run)."""
+               "lr_integral", "grad_norm", "grad_rms/layers.0.w1", "update_rms/layers.0.w1", "param_rms/layers.0.w1")
+"""Per-step diagnostics reduced to one value per member (the mean over the tail of the run). ``lr_integral`` (Σ of
+the LR so far) is averaged over the same steps as ``mu_norm``, so the two are one point of the drift law (``drift``)."""
 
 NOT_IDENTITY = ("threads", "device", "log_to")
 """train.* fields that change where and how fast a group runs, or where its numbers are streamed, never its

@@ -243,7 +243,7 @@ class GroupRun:
             return None
         cols = {"loss": ce, "z_loss": self.z_coef * z_sq, **measured, "mu_norm": mu_norm(self.fp)}
         for name, value in stats.items():  # members not computed show their last measurement, as above
-            cols[name] = value if name == "lr" or rows is None else self._full(name, value[rows])
+            cols[name] = value if name in ("lr", "lr_integral") or rows is None else self._full(name, value[rows])
         self.last = dict(cols)
         cols["diverged"] = (~self.active).float()
         return cols
