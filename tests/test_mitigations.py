@@ -521,7 +521,7 @@ def test_the_beyond_experiments_are_listed_after_the_papers_and_share_its_groups
     from proxyscale import experiments, reproduce, sweep
 
     assert experiments.names()[-len(experiments.BEYOND):] == list(experiments.BEYOND)
-    assert len(experiments.BEYOND) == 8  # the seven families of issue 16 and OEC (issue 23)
+    assert len(experiments.BEYOND) == 9  # the seven families of issue 16, OEC and its drift law (issue 23)
     assert not set(experiments.BEYOND) & set(experiments.SETS["all"]())
     ids = {name: {g.id for g in sweep.expand(reproduce.sweep_spec(reproduce.load(name), "micro"))}
            for name in ("fig1", "norms", "atan2", "fig12", "qkclip", "muon")}

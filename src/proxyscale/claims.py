@@ -19,9 +19,9 @@ from typing import Any
 
 import polars as pl
 
-from . import instability, table
+from . import drift, instability, table
 from .analysis import sensitivity_frame, sensitivity_summary
-from .seeds import NOT_REPRODUCED, REPRODUCED, judge, judge_all, seed_keys, spread
+from .seeds import NOISE, NOT_REPRODUCED, REPRODUCED, judge, judge_all, seed_keys, spread
 from .config import ConfigError, check_call
 from .table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col, is_
 
@@ -311,6 +311,33 @@ def at_most(results: pl.DataFrame, column: str, bound: Any, where: dict[str, Any
         ok &= worst["_over"] <= 0
         parts.append(f"{key[0]}: max {worst[column]:.4g} vs {worst['_bound']:.4g}")
     return ok, f"{column} ≤ {bound} — " + "; ".join(parts)
+
+
+@check
+def law_exponent(results: pl.DataFrame, column: str = "mu_norm", above: float | None = None,
+                 between: list[float] | None = None, where: dict[str, Any] | None = None) -> tuple[str, str]:
+    """The drift law (``drift.law``): |column| = c·I^b through the runs ``where`` selects, I their integrated LR (one
+    point per run that did not diverge: its tail means of ``lr_integral`` and ``column``; every seed's runs are
+    points, so the fit's scatter holds the seed noise). Judged on b's 80% interval: *reproduced* when it lies above
+    ``above`` / inside ``between``, *not reproduced* when it lies wholly on the wrong side, *within seed noise* when
+    it straddles a bound."""
+    fitted = drift.law(drift.points(table.where(results, where), column))
+    if not fitted["ok"]:
+        return NOT_REPRODUCED, f"{column} against the integrated LR: {fitted['why']}"
+    lo, hi = drift.exponent_interval(fitted["fit"])
+    b, c = fitted["exponent"], fitted["coefficient"]
+    if above is not None:
+        state = REPRODUCED if lo > above else NOT_REPRODUCED if hi <= above else NOISE
+        need = f"b > {above:g}"
+    elif between is not None:
+        a, z = between
+        state = (REPRODUCED if a <= lo and hi <= z else NOT_REPRODUCED if hi < a or lo > z else NOISE)
+        need = f"{a:g} ≤ b ≤ {z:g}"
+    else:
+        raise ConfigError("law_exponent: give `above` or `between`")
+    return state, (f"|{column}| = {c:.3g}·I^b, b = {b:.3f} (80% interval {lo:.3f} to {hi:.3f}; need {need}) through "
+                   f"{fitted['fit']['n']} runs, I {min(x for x, _ in fitted['points']):.3g} to "
+                   f"{fitted['max_integral']:.3g}")
 
 
 @check

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
-from . import instability, store, table  # noqa: E402
+from . import drift, instability, store, table  # noqa: E402
 from .analysis import sensitivity_summary  # noqa: E402
 from .config import ConfigError, check_call  # noqa: E402
 from .seeds import count, first_seed  # noqa: E402
@@ -321,6 +321,45 @@ def metric_vs(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path 
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, title=lines.removeprefix("label."), title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+@figure
+def drift_law(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path | None = None,
+              lines: str) -> list[Path]:
+    """The output-logit drift law (``drift``): ‖μ‖ and |mean output logit| against the integrated LR, log-log, one
+    colour per value of ``lines``. Thin lines: each run's trajectory over its logged steps (from ``pool``); dots: its
+    tail means, the points the law is fitted through; dashed: the fitted law c·I^b of that value, with b."""
+    keys = table.values(results, lines)
+    cmap = plt.get_cmap("tab10")
+    curves = table.curves(results, pool) if pool is not None else {}
+    fig, axes = plt.subplots(1, len(drift.LAW_COLUMNS), figsize=(5.2 * len(drift.LAW_COLUMNS), 3.8), squeeze=False)
+    for ax, column in zip(axes[0], drift.LAW_COLUMNS):
+        for i, key in enumerate(keys):
+            part = results.filter(table.is_(lines, key))
+            colour = cmap(i % 10)
+            for row in part.iter_rows(named=True):
+                c = curves.get((row["group"], row["member"]))
+                if c is not None and "lr_integral" in c.columns and column in c.columns and not row[table.DIVERGED]:
+                    c = c.filter(pl.col("lr_integral").is_not_null() & pl.col(column).is_not_null())
+                    ax.plot(c["lr_integral"], c[column].abs(), color=colour, lw=0.6, alpha=0.35)
+            pts = drift.points(part, column)
+            fitted = drift.law(pts)
+            label = f"{key}"
+            if fitted["ok"]:
+                lo, hi = min(x for x, _ in pts), fitted["max_integral"]
+                xs = [lo * (hi / lo) ** (j / 20) for j in range(21)]
+                ax.plot(xs, [fitted["coefficient"] * x ** fitted["exponent"] for x in xs], ls="--", color=colour,
+                        lw=1.2)
+                label += f" (b = {fitted['exponent']:.2f})"
+            if pts:
+                ax.scatter([x for x, _ in pts], [y for _, y in pts], s=12, color=colour, label=label, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _style(ax, "integrated LR Σ η (lr_integral)", "‖μ‖" if column == "mu_norm" else "|mean output logit|",
+               legend=6)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)

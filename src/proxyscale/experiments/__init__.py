@@ -13,7 +13,7 @@ FOLDER = Path(__file__).parent
 SCALES_FILE = FOLDER / "scales.yaml"
 
 
-BEYOND = ("softcap", "qkclip", "muon", "atan2", "zclip", "completep", "norms", "oec")
+BEYOND = ("softcap", "qkclip", "muon", "atan2", "zclip", "completep", "norms", "oec", "drift")
 """The mitigations adopted after the paper, one experiment per family, under the paper's lens (README: "Beyond the
 paper"), in this order."""
 
