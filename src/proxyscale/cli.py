@@ -359,8 +359,16 @@ def backtest_table(bt: dict) -> Table | str:
     p, rc = bt["precision"], bt["recall"]
     table.caption = (f"verdicts right {bt['verdicts_right']}/{bt['verdicts']}; precision "
                      f"{'–' if p is None else f'{p:.2f}'}, recall {'–' if rc is None else f'{rc:.2f}'}; logit within "
-                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs")
+                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs" + drift_backtest_line(bt.get("drift") or {}))
     return table
+
+
+def drift_backtest_line(laws: dict) -> str:
+    """The drift law's backtest (``drift.backtest``): held out at the largest integrated LR, how many of those runs
+    fell inside the 80% band, per column."""
+    parts = [f"{c} inside its 80% band at {b['inside']}/{b['cases']} (I {b['held_out_integral']:.3g}, "
+             f"{b['extrapolation']:.2g}x beyond the fit)" for c, b in laws.items() if b.get("ok")]
+    return ("; drift law held out at the largest integrated LR: " + "; ".join(parts)) if parts else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from . import sweep, table
+from . import drift, sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
 from .seeds import count, seed_keys
 from .table import replicate_columns
@@ -60,14 +60,15 @@ MODEL_INTERVENTIONS = ("qk_layernorm", "norm", "attn_scale", "mup", "zero_init_q
 OPTIM_INTERVENTIONS = ("weight_decay", "independent_weight_decay", "eps", "beta1", "beta2", "z_loss", "clip",
                        "rms_scaled_lr", "min_lr",
                        "optimizer", "muon_lr_adjust", "muon_momentum", "atan2_a", "atan2_b", "qk_clip", "qk_clip_alpha",
-                       "zclip", "zclip_alpha", "zclip_warmup")
+                       "zclip", "zclip_alpha", "zclip_warmup", "mu_centering", "mu_loss")
 
 
 def mitigations_of(target: GroupConfig) -> dict[str, Any]:
     """The post-paper mitigations a target uses that the verdicts speak of (None / adamw: not used)."""
     m, o = target.model, target.optim
     return {"optimizer": o.optimizer, "qk_clip": o.qk_clip, "attn_softcap": m.attn_softcap,
-            "final_softcap": m.final_softcap, "zclip": o.zclip}
+            "final_softcap": m.final_softcap, "zclip": o.zclip, "mu_centering": o.mu_centering or None,
+            "mu_loss": o.mu_loss or None}
 
 
 QK_CLIP_HELD = 0.25
@@ -230,9 +231,11 @@ def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float
 # ---- the forecast ----------------------------------------------------------------------------------------------------
 
 def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss: float, weight_decay: float,
-             qk_layernorm: str, mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
+             qk_layernorm: str, mitigations: dict[str, Any] | None = None,
+             clock: dict[str, Any] | None = None) -> dict[str, Any]:
     """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``);
-    ``mitigations`` (``mitigations_of``): the post-paper ones the target (and so the ladder) uses."""
+    ``mitigations`` (``mitigations_of``): the post-paper ones the target (and so the ladder) uses; ``clock``
+    (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read."""
     mitigations = mitigations or {}
     trends = {c: trend(at_lr_points(rows, c, lr), n_target)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
@@ -248,16 +251,17 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
     logz_thr = threshold(rows, "log_z_mean", absolute=True)
+    law = drift_forecast(rows, clock, mitigations)
     verdicts = [
         _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm,
                            mitigation_evidence(rows, lr, mitigations)),
-        _output_verdict(trends["log_z_mean"], trends["output_logit_mean"], logz_thr, z_loss, weight_decay),
+        _output_verdict(trends["log_z_mean"], trends["output_logit_mean"], logz_thr, z_loss, weight_decay, law),
         _eps_verdict(trends["grad_rms/layers.0.w1"], eps, mitigations.get("optimizer", "adamw")),
         _divergence_verdict(div, lr),
     ]
     return {"n_target": n_target, "lr": lr, "trends": trends, "divergence_lr": div, "lr_sensitivity": sens,
             "logit_threshold": logit_thr, "logit_threshold_source": logit_thr_src, "log_z_threshold": logz_thr,
-            "verdicts": verdicts}
+            "drift": law, "verdicts": verdicts}
 
 
 def _fmt(t: dict[str, Any], sign: float = 1.0) -> str:
@@ -302,23 +306,83 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
                     f"{thr:.3g} ({src})" + notes + (f"; suggested: {' or '.join(advice)}" if advice else ""))
 
 
+def drift_clock(target: GroupConfig) -> dict[str, Any]:
+    """The target's integrated LR at its last step (``drift.schedule_integral``) and the precision its logits are
+    in (``auto``: bf16, what a large run uses), the two things the drift law is read at."""
+    o, t = target.optim, target.train
+    precision = t.precision if t.precision != "auto" else "bf16"
+    return {"integral": drift.schedule_integral(o.lr, o.warmup, t.steps, o.min_lr), "precision": precision,
+            "precision_assumed": t.precision == "auto"}
+
+
+def drift_forecast(rows: pl.DataFrame, clock: dict[str, Any] | None,
+                   mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The drift law (``drift``) fitted through every stable ladder run (all sizes and LRs: the LR grid spreads the
+    integrated LR over three decades), read at the target's integrated LR: ‖μ‖ and |mean output logit| with their 80%
+    intervals, how far that extrapolates, and the |logit| at which the target's precision costs the loss
+    (``drift.DAMAGE_AT``). ``{"ok": False, "why"}`` without a clock or a law."""
+    if clock is None:
+        return {"ok": False, "why": "no target clock (its steps, LR and schedule) to read the drift law at"}
+    laws = {c: drift.law(drift.points(rows, c)) for c in drift.LAW_COLUMNS}
+    mean = laws["output_logit_mean"]
+    if not mean["ok"]:
+        return {"ok": False, "why": f"mean output logit: {mean['why']}"}
+    out = {"ok": True, **clock, "damage_at": drift.DAMAGE_AT.get(clock["precision"], drift.DAMAGE_AT["fp32"]),
+           "mu_centering": bool((mitigations or {}).get("mu_centering"))}
+    for column, fitted in laws.items():
+        if fitted["ok"]:
+            out[column] = {"exponent": fitted["exponent"], "coefficient": fitted["coefficient"],
+                           "runs": fitted["fit"]["n"], **drift.project(fitted, clock["integral"])}
+    return out
+
+
 def _output_verdict(logz: dict[str, Any], mean: dict[str, Any], thr: float | None, z_loss: float,
-                    weight_decay: float) -> dict[str, Any]:
+                    weight_decay: float, law: dict[str, Any] | None = None) -> dict[str, Any]:
+    """From the drift law when the ladder gives one (``drift_forecast``): the target's |mean output logit| at its
+    integrated LR against the |logit| where its precision costs the loss; else from log Z's trend in N."""
     cause = OUTPUT_LOGIT_DIVERGENCE
+    if law is not None and law.get("ok") and "output_logit_mean" in law:
+        return _drift_verdict(law, z_loss, weight_decay)
     if not logz["ok"]:
         return _cannot(cause, logz)
-    drift = f"|log Z| {_fmt(logz)}" + (f", mean output logit {_fmt(mean, mean['sign'])}" if mean["ok"] else "")
+    drift_text = f"|log Z| {_fmt(logz)}" + (f", mean output logit {_fmt(mean, mean['sign'])}" if mean["ok"] else "")
     if thr is not None:
         level = _level(logz["value"], logz["low"], logz["high"], thr, above=True)
-        detail = f"{drift}; threshold |log Z| {thr:.3g} (calibrated on the ladder)"
+        detail = f"{drift_text}; threshold |log Z| {thr:.3g} (calibrated on the ladder)"
     else:  # nothing on the ladder went unstable through log Z: judge by the drift and the mitigations in place
         growing = logz["slope"] > 0
         level = "possible" if growing and z_loss == 0 and weight_decay == 0 else "unlikely"
-        detail = (f"{drift}; {'grows' if growing else 'does not grow'} with N; no ladder run separates a threshold; "
-                  f"z-loss {z_loss:g}, weight decay {weight_decay:g}")
+        detail = (f"{drift_text}; {'grows' if growing else 'does not grow'} with N; no ladder run separates a "
+                  f"threshold; z-loss {z_loss:g}, weight decay {weight_decay:g}")
     if level != "unlikely" and z_loss == 0:
         detail += "; suggested: z-loss 1e-4"
     return _verdict(cause, logz, level, thr, detail)
+
+
+def _drift_verdict(law: dict[str, Any], z_loss: float, weight_decay: float) -> dict[str, Any]:
+    cause = OUTPUT_LOGIT_DIVERGENCE
+    m, limit = law["output_logit_mean"], law["damage_at"]
+    precision = law["precision"] + (" (assumed: train.precision is auto)" if law.get("precision_assumed") else "")
+    far = (f"{m['extrapolation']:.3g}x beyond the ladder's largest" if m["extrapolation"] > 1
+           else "inside the ladder's range")
+    detail = (f"|mean output logit| at the target's integrated LR {law['integral']:.4g} ({far}): {m['value']:.3g} "
+              f"(80% interval {m['low']:.3g}–{m['high']:.3g}; law c·I^b, b = {m['exponent']:.2f}, through "
+              f"{m['runs']} ladder runs)")
+    if "mu_norm" in law:
+        mu = law["mu_norm"]
+        detail += f"; ‖μ‖ {mu['value']:.3g} ({mu['low']:.3g}–{mu['high']:.3g}, b = {mu['exponent']:.2f})"
+    detail += (f"; {precision} logits cost ≥ {drift.DAMAGE_NATS:g} nats from |logit| {limit:g} "
+               "(drift.DAMAGE_AT, measured)")
+    if law.get("mu_centering"):
+        level = "unlikely"
+        detail += "; μ-centering keeps μ at 0 (the ladder trained with it)"
+    else:
+        level = _level(m["value"], m["low"], m["high"], limit, above=True)
+    if level != "unlikely":
+        fixes = ["μ-centering (optim.mu_centering)"] + (["z-loss 1e-4"] if z_loss == 0 else []) + (
+            ["weight decay"] if weight_decay == 0 else []) + (["fp32 logits"] if law["precision"] != "fp32" else [])
+        detail += f"; suggested: {' or '.join(fixes)}"
+    return _verdict(cause, m, level, limit, detail)
 
 
 def _eps_verdict(t: dict[str, Any], eps: float, optimizer: str = "adamw") -> dict[str, Any]:
@@ -379,7 +443,8 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
     fp = sum(r["predicted_unstable"] and not r["unstable"] for r in calls)
     fn = sum((not r["predicted_unstable"]) and r["unstable"] for r in calls)
     ratios = [r["ratio"] for r in out if r["ratio"]]
-    return {"ok": True, "held_out_n": held, "fit_n": sizes[:-1], "rows": out,
+    law = {c: drift.backtest(rows, c) for c in drift.LAW_COLUMNS}  # the drift law, held out in integrated LR
+    return {"ok": True, "held_out_n": held, "fit_n": sizes[:-1], "rows": out, "drift": law,
             "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
             "verdicts_right": sum(r["predicted_unstable"] == r["unstable"] for r in calls), "verdicts": len(calls),
             "logit_within_2x": sum(1 / 2 <= r <= 2 for r in ratios), "logits": len(ratios)}
@@ -404,7 +469,8 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     rows = unstable(results)
     n_target = float(count_params(target.model, vocab_size(target)))
     o, m = target.optim, target.model
-    record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
+    record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target),
+                      drift_clock(target))
     record["target"] = {"path": target_path, "width": m.width, "depth": m.depth, "heads": m.heads, "n": n_target,
                         "lr": o.lr, "steps": target.train.steps, "qk_layernorm": m.qk_layernorm, "z_loss": o.z_loss,
                         "weight_decay": o.weight_decay, "eps": o.eps,

@@ -11,7 +11,8 @@
     mon.close()                                # DIR/metrics.parquet, DIR/alarms.json, DIR/monitor.json
 
 Every ``every`` steps it records, in the schema of proxyscale's own ``metrics.parquet`` (member 0): the max
-pre-softmax attention logit and mean q/k norms per layer (paper §3.1.1), the output-logit mean and log Z (§3.1.2),
+pre-softmax attention logit and mean q/k norms per layer (paper §3.1.1), the output-logit mean, log Z (§3.1.2), ‖μ‖
+and the integrated LR ``lr_integral`` (the drift law's clock: Σ of the optimizer's LR over every step seen),
 the gradient norm, per-tensor gradient / update / parameter RMS (§3.4), and the RMS of each block's output
 (Appendix C.1). The update RMS is that of the Adam direction m̂/(√v̂ + ε), read from the optimizer's state after the
 step, the quantity proxyscale's own runs record and the one that collapses when the gradient RMS nears ε (Fig 11);
@@ -24,7 +25,9 @@ and in nanoGPT-style ``CausalSelfAttention`` (a fused ``c_attn``); for other mod
 ‖W_q‖₂·‖W_k‖₂·‖x‖² / √d_head is known: it is recorded as ``attn_logit_bound/<layer>``, never as a logit.
 
 Alarms, each with its cause and what the paper suggests: attention logits growing toward ``logit_threshold``
-(§3.1.1: qk-layernorm, or a lower LR), log Z drifting by ``log_z_drift`` nats (§3.1.2: z-loss 1e-4), the gradient
+(§3.1.1: qk-layernorm, or a lower LR), log Z drifting by ``log_z_drift`` nats (§3.1.2: z-loss 1e-4), the mean output
+logit at or projected to reach the |logit| where the logits' precision costs the loss, with the projected step
+(``drift``; μ-centering, z-loss or fp32 logits), the gradient
 RMS within 10× of AdamW's ε (§3.4: a smaller ε), a loss spike (a lower LR, a longer warm-up), and, given a
 forecast (``proxyscale forecast``), the logit leaving the forecast's 80% band. ``on_alarm``: ``warn``, ``stop``
 (raise ``TrainingStopped``) or ``skip`` (``step`` returns False so the caller skips the update). The rules live in
@@ -45,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import store
+from . import drift, store
 from .callbacks import Callback
 from .instability import EPS_FACTOR, LOGIT_WATCH_FRACTION, PAPER_LOGIT_THRESHOLD, collapses
 from .diagnostics import MetricsLog, max_attention_logit
@@ -92,9 +95,12 @@ class Alarms:
     member of a proxyscale group."""
 
     def __init__(self, logit_threshold: float = PAPER_LOGIT_THRESHOLD, log_z_drift: float = 10.0,
-                 spike_factor: float = 2.0, forecast_high: float | None = None, who: str = "") -> None:
+                 spike_factor: float = 2.0, forecast_high: float | None = None, who: str = "",
+                 total_steps: int | None = None, precision: str = "fp32") -> None:
         self.logit_threshold, self.log_z_drift, self.spike_factor = logit_threshold, log_z_drift, spike_factor
         self.forecast_high, self.who = forecast_high, who
+        self.total_steps, self.precision = total_steps, precision  # the drift rule's horizon and logit precision
+        self.drift_points: list[tuple[int, float, float]] = []  # (step, integrated LR, |mean output logit|)
         self.alarms: list[Alarm] = []  # the alarms spoken, in order
         self.spoken: dict[str, float] = {}  # cause -> severity when it last spoke
         self.firings: dict[str, int] = {}  # cause -> recorded steps on which it held (spoken or not)
@@ -123,7 +129,7 @@ class Alarms:
         """The alarms that hold at step ``s`` for the recorded ``cols`` (host numbers or 0-d tensors: the monitor's
         column names); ``eps`` AdamW's ε and ``n`` the parameters with a gradient, for the ε rule."""
         host = {k: float(v) for k, v in cols.items() if k.startswith(("attn_logit_max/", "log_z_mean", "grad_norm",
-                                                                        "loss"))}
+                                                                        "loss", "output_logit_mean", "lr_integral"))}
         out: list[Alarm] = []
         logits = [v for k, v in host.items() if k.startswith("attn_logit_max/")]
         if logits:
@@ -147,6 +153,7 @@ class Alarms:
                 out.append(Alarm(s, "output-logit divergence", f"log Z drifted {drift:+.3g} nats since the first "
                                  f"record (alarm at ±{self.log_z_drift:g}; paper §3.1.2); add z-loss 1e-4 (or weight "
                                  "decay)", drift, abs(drift)))
+        out += self._drift(s, host)
         if eps and "grad_norm" in host and n:
             rms = host["grad_norm"] / math.sqrt(n)
             if collapses(rms, eps):
@@ -166,6 +173,48 @@ class Alarms:
         return out
 
 
+    DRIFT_MIN_POINTS = 5
+    """Records of (integrated LR, |mean logit|) before the drift rule fits its law and projects."""
+
+    def _drift(self, s: int, host: dict[str, float]) -> list[Alarm]:
+        """The output-logit drift rule (``drift``): the mean output logit at or past the |logit| where this run's
+        logit precision costs the loss (``drift.DAMAGE_AT``), or projected to reach it within the run (``total_steps``;
+        unknown: within ten times the steps so far) by the law c·I^b fitted through the recorded (integrated LR,
+        |mean logit|), the LR continuing at its recent rate. Names the projected step."""
+        if "output_logit_mean" not in host or not host.get("lr_integral"):
+            return []
+        m, integral = abs(host["output_logit_mean"]), host["lr_integral"]
+        if not math.isfinite(m):
+            return []
+        self.drift_points.append((s, integral, m))
+        limit = drift.DAMAGE_AT.get(self.precision, drift.DAMAGE_AT["fp32"])
+        fix = "μ-centering (proxyscale: optim.mu_centering), z-loss 1e-4 or fp32 logits (OEC; paper §3.1.2)"
+        if m >= limit:
+            return [Alarm(s, "output-logit drift", f"mean output logit {host['output_logit_mean']:+.3g} is past "
+                          f"±{limit:g}, where {self.precision} logits cost ≥ {drift.DAMAGE_NATS:g} nats of loss; {fix}",
+                          m, m)]
+        pts = self.drift_points
+        if len(pts) < self.DRIFT_MIN_POINTS:
+            return []
+        fitted = drift.law([(i, v) for _, i, v in pts[len(pts) // 2:]])  # the recent half: the law as it runs now
+        (s0, i0, _), (s1, i1, _) = pts[-2], pts[-1]
+        rate = (i1 - i0) / (s1 - s0) if s1 > s0 else 0.0  # LR per step, recently
+        if not fitted["ok"] or fitted["exponent"] <= 0 or rate <= 0:
+            return []
+        # the integrated LR at the limit, in logs: a nearly flat law puts it beyond any float
+        log_reach = (math.log(limit) - math.log(fitted["coefficient"])) / fitted["exponent"]
+        if log_reach > math.log(1e300):
+            return []
+        at = s + math.ceil(max(0.0, math.exp(log_reach) - integral) / rate)
+        horizon = self.total_steps if self.total_steps else 10 * max(s, 1)
+        if at > horizon:
+            return []
+        return [Alarm(s, "output-logit drift", f"mean output logit {host['output_logit_mean']:+.3g} grows as "
+                      f"I^{fitted['exponent']:.2f} with the integrated LR (now {integral:.3g}); at this LR it reaches "
+                      f"±{limit:g}, where {self.precision} logits cost ≥ {drift.DAMAGE_NATS:g} nats, near step {at}; "
+                      f"{fix}", float(at), m)]
+
+
 def _output_weight(model: nn.Module) -> torch.Tensor | None:
     """The output layer's weight [V, D] (``get_output_embeddings()``, else a module named ``lm_head``), whose mean
     row is μ; None where the model has neither."""
@@ -179,13 +228,15 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int, out: Path,
                  qk: dict[str, tuple[nn.Module, nn.Module]] | None, qk_weights: dict[str, tuple[torch.Tensor,
                  torch.Tensor]] | None, heads: int | None, logit_threshold: float, log_z_drift: float,
-                 spike_factor: float, on_alarm: str, forecast: str | Path | None) -> None:
+                 spike_factor: float, on_alarm: str, forecast: str | Path | None,
+                 total_steps: int | None = None) -> None:
         validate(every, on_alarm)
         store.check_dir(Path(out), "monitor out=")  # before any hook: a bad folder is one error, the model untouched
         self.model, self.optimizer, self.every, self.out = model, optimizer, every, Path(out)
         self.on_alarm = on_alarm
         self.rules = Alarms(logit_threshold, log_z_drift, spike_factor,
-                            _forecast_high(forecast) if forecast else None)
+                            _forecast_high(forecast) if forecast else None, total_steps=total_steps)
+        self.lr_integral = 0.0  # Σ of the optimizer's LR over the steps seen: the drift law's clock (``drift``)
         self.log = MetricsLog(1)
         self.step_index = 0
         self.handles: list[Any] = []
@@ -365,6 +416,7 @@ class Monitor:
         update (and the monitor records no update RMS for it). Without ``loss``/``logits``, those
         ``capture_outputs`` took from the step's forward."""
         recording = self.recording()
+        self.lr_integral += self._lr()
         loss = loss if loss is not None else self.captured.pop("loss", None)
         logits = logits if logits is not None else self.captured.pop("logits", None)
         self.captured = {}
@@ -396,7 +448,11 @@ class Monitor:
         for i, (wq, wk) in enumerate(self.qk_weights.values()):  # only a bound: ‖W_q‖₂·‖W_k‖₂ (× ‖x‖²/√d)
             cols[f"attn_logit_bound/{i}"] = (torch.linalg.matrix_norm(wq.detach().float(), ord=2)
                                              * torch.linalg.matrix_norm(wk.detach().float(), ord=2))
+        if self.optimizer is not None:
+            cols["lr_integral"] = torch.tensor(self.lr_integral)
         if logits is not None:
+            # the precision the logits are in decides where the drift costs the loss (drift.DAMAGE_AT)
+            self.rules.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(logits.dtype, "fp32")
             z = logits.detach().float()
             cols["output_logit_mean"] = z.mean()
             cols["log_z_mean"] = torch.logsumexp(z, dim=-1).mean()
@@ -446,6 +502,13 @@ class Monitor:
         self.snapshot = None
         if cols:
             self.log.add(self.step_index - 1, cols)
+
+    def _lr(self) -> float:
+        """The LR the coming optimizer step applies: the largest over the parameter groups (0 without an optimizer)."""
+        if self.optimizer is None:
+            return 0.0
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups if "lr" in g]
+        return max(lrs) if lrs else 0.0
 
     def _eps(self) -> float | None:
         if self.optimizer is None:
@@ -506,12 +569,14 @@ class RunAlarms(Callback):
         return [a for m in self.members for a in m.alarms]
 
     def on_start(self, run: Any) -> None:
-        self.members = [Alarms(**self.kwargs, who=f"member {k}: ") for k in range(len(run.members))]
+        self.members = [Alarms(**self.kwargs, who=f"member {k}: ", total_steps=run.cfg.train.steps,
+                               precision=run.precision) for k in range(len(run.members))]
 
     def on_logged(self, step: int, columns: dict[str, Any]) -> None:
         if "loss" not in columns:  # an evaluation or throughput row: the rules read training steps
             return
-        names = [n for n in columns if n == "loss" or n == "log_z_mean" or n.startswith("attn_logit_max/")]
+        names = [n for n in columns if n in ("loss", "log_z_mean", "output_logit_mean", "lr_integral")
+                 or n.startswith("attn_logit_max/")]
         for k, rules in enumerate(self.members):
             rules.speak(rules.check(step, {n: columns[n][k] for n in names}))
 
@@ -582,7 +647,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, eve
            out: str | Path = "runs/monitor", qk: dict[str, tuple[nn.Module, nn.Module]] | None = None,
            qk_weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, heads: int | None = None,
            logit_threshold: float = PAPER_LOGIT_THRESHOLD, log_z_drift: float = 10.0, spike_factor: float = 2.0,
-           on_alarm: str = "warn", forecast: str | Path | None = None) -> Monitor:
-    """Attach the monitor to ``model`` (and ``optimizer``, for update RMS and ε); see the module docstring."""
+           on_alarm: str = "warn", forecast: str | Path | None = None, total_steps: int | None = None) -> Monitor:
+    """Attach the monitor to ``model`` (and ``optimizer``, for update RMS, ε and the integrated LR); see the module
+    docstring. ``total_steps``: the run's length, the horizon of the output-logit drift alarm's projection."""
     return Monitor(model, optimizer, every, Path(out), qk, qk_weights, heads, logit_threshold, log_z_drift,
-                   spike_factor, on_alarm, forecast)
+                   spike_factor, on_alarm, forecast, total_steps)

@@ -157,6 +157,7 @@ class ForecastRecord:
     logit_threshold: float | None = None
     logit_threshold_source: str = ""
     log_z_threshold: float | None = None
+    drift: dict[str, Any] = field(default_factory=dict)  # forecast.drift_forecast: the drift law at the target's clock
     target: dict[str, Any] = field(default_factory=dict)
     ladder: dict[str, Any] = field(default_factory=dict)
     backtest: dict[str, Any] | None = None
