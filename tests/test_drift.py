@@ -216,3 +216,37 @@ def test_the_monitor_records_the_integrated_lr_of_the_users_optimizer(tmp_path):
     frame = pl.read_parquet(mon.close())
     got = frame.filter(pl.col("lr_integral").is_not_null()).sort("step")["lr_integral"].to_list()
     assert got == pytest.approx([0.05, 0.10, 0.15, 0.20])
+
+
+# -- the law along a run ------------------------------------------------------------------------------------------------
+
+def trajectory(b: float, c: float = 2.0, lr: float = 0.1, steps: int = 400) -> pl.DataFrame:
+    """One run's metrics: a constant LR, so I = lr·(step + 1), and a mean logit −c·I^b."""
+    s = list(range(steps))
+    i = [lr * (k + 1) for k in s]
+    return pl.DataFrame({"step": s, "lr_integral": i, "output_logit_mean": [-c * x**b for x in i],
+                         "mu_norm": [3 * c * x**b for x in i]})
+
+
+def test_the_trajectory_law_follows_a_run_and_thins_it():
+    pts = drift.trajectory_points([trajectory(0.4), trajectory(0.4, lr=0.3)])
+    assert len(pts) <= 2 * drift.TRAJECTORY_POINTS
+    assert min(x for x, _ in pts) >= 0.1 * 80  # the first fifth of the steps is left out
+    fitted = drift.law(pts)
+    assert fitted["exponent"] == pytest.approx(0.4, abs=1e-6) and fitted["coefficient"] == pytest.approx(2.0, rel=1e-5)
+    bt = drift.trajectory_backtest([trajectory(0.4), trajectory(0.4, lr=0.3)])
+    assert bt["ok"] and bt["cases"] == 2 and bt["extrapolation"] == pytest.approx(3.0)
+    assert all(r["predicted"] == pytest.approx(r["measured"], rel=1e-4) for r in bt["rows"])
+
+
+def test_the_forecast_reads_the_law_along_the_runs_at_the_target_lr():
+    """The same ladder whose tail means grow as I^1 across LRs, but whose runs at the target LR grow as I^0.05 along
+    their own steps: with the curves the verdict follows the runs (unlikely), and says so."""
+    rows = ladder_with_drift(b=1.0)
+    rows = rows.with_columns(pl.Series("group", [f"g{i}" for i in range(rows.height)]), pl.lit(0).alias("member"))
+    curves = {(g, 0): trajectory(0.05, c=5.0) for g in rows["group"]}
+    clock = {"integral": 3.0e4, "precision": "bf16", "precision_assumed": False}
+    along = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 0.0, 0.0, "off", clock=clock, curves=curves)
+    assert along["verdicts"][1]["verdict"] == "unlikely" and "along the" in along["drift"]["basis"]
+    across = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 0.0, 0.0, "off", clock=clock)
+    assert across["verdicts"][1]["verdict"] == "likely" and across["drift"]["basis"].startswith("across")

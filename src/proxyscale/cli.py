@@ -359,16 +359,17 @@ def backtest_table(bt: dict) -> Table | str:
     p, rc = bt["precision"], bt["recall"]
     table.caption = (f"verdicts right {bt['verdicts_right']}/{bt['verdicts']}; precision "
                      f"{'–' if p is None else f'{p:.2f}'}, recall {'–' if rc is None else f'{rc:.2f}'}; logit within "
-                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs" + drift_backtest_line(bt.get("drift") or {}))
+                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs" + drift_backtest_line(bt.get("drift") or {})
+                     + drift_backtest_line(bt.get("drift_along_runs") or {}, "along the runs, held out past a third"))
     return table
 
 
-def drift_backtest_line(laws: dict) -> str:
-    """The drift law's backtest (``drift.backtest``): held out at the largest integrated LR, how many of those runs
-    fell inside the 80% band, per column."""
-    parts = [f"{c} inside its 80% band at {b['inside']}/{b['cases']} (I {b['held_out_integral']:.3g}, "
-             f"{b['extrapolation']:.2g}x beyond the fit)" for c, b in laws.items() if b.get("ok")]
-    return ("; drift law held out at the largest integrated LR: " + "; ".join(parts)) if parts else ""
+def drift_backtest_line(laws: dict, how: str = "held out at the largest integrated LR") -> str:
+    """A drift-law backtest (``drift.backtest``, ``drift.trajectory_backtest``): how many held-out runs fell inside
+    the 80% band, per column, and how far the law extrapolated to them."""
+    parts = [f"{c} inside its 80% band at {b['inside']}/{b['cases']} ({b['extrapolation']:.2g}x beyond the fit)"
+             for c, b in laws.items() if b.get("ok")]
+    return (f"; drift law {how}: " + "; ".join(parts)) if parts else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -69,6 +69,62 @@ def points(rows: Any, column: str = "mu_norm") -> list[tuple[float, float]]:
     return sorted(out)
 
 
+TRAJECTORY_SKIP = 0.2
+"""The first fifth of each run's logged steps is left out of its trajectory (the warm-up and the first transient)."""
+
+TRAJECTORY_POINTS = 20
+"""Points kept per run's trajectory, evenly spaced in log I, so a long run does not outweigh a short one."""
+
+
+def trajectory_points(curves: Sequence[Any], column: str = "output_logit_mean") -> list[tuple[float, float]]:
+    """(integrated LR, |column|) along each run's own logged steps (``metrics.parquet`` frames of runs that did not
+    diverge), past its first ``TRAJECTORY_SKIP``, ``TRAJECTORY_POINTS`` of them per run: the law along one run's clock,
+    the way a longer run at the same LR extends it. Measured (README: the drift law) it differs from the law across
+    the LR grid at a fixed number of steps: the mean logit grows as I^0.3–0.5 along a run at LR ≥ 0.03, I^0.14–0.21
+    across LRs."""
+    import polars as pl
+
+    out: list[tuple[float, float]] = []
+    for frame in curves:
+        if "lr_integral" not in frame.columns or column not in frame.columns:
+            continue
+        f = frame.filter(pl.col("lr_integral").is_not_null() & pl.col(column).is_not_null()).sort("step")
+        f = f[int(f.height * TRAJECTORY_SKIP):]
+        pts = [(float(x), abs(float(y))) for x, y in zip(f["lr_integral"], f[column])
+               if x > 0 and math.isfinite(y) and y != 0]
+        if len(pts) > TRAJECTORY_POINTS:
+            lo, hi = math.log(pts[0][0]), math.log(pts[-1][0])
+            marks = [lo + (hi - lo) * j / (TRAJECTORY_POINTS - 1) for j in range(TRAJECTORY_POINTS)]
+            pts = [min(pts, key=lambda p, m=m: abs(math.log(p[0]) - m)) for m in marks]
+        out += sorted(set(pts))
+    return sorted(out)
+
+
+def trajectory_backtest(curves: Sequence[Any], column: str = "output_logit_mean", fraction: float = 1 / 3
+                        ) -> dict[str, Any]:
+    """Score the trajectory law where a forecast reads it, beyond its data: fit it through each run's points up to
+    ``fraction`` of its final integrated LR, forecast each run's last logged value, and say whether it fell inside the
+    80% band. ``{"ok", "rows", "inside", "cases", "extrapolation"}``."""
+    fit_pts, held = [], []
+    for frame in curves:
+        pts = trajectory_points([frame], column)
+        if len(pts) < 3:
+            continue
+        end = pts[-1]
+        fit_pts += [p for p in pts if p[0] <= fraction * end[0]]
+        held.append(end)
+    fitted = law(fit_pts)
+    if not fitted["ok"] or not held:
+        return {"ok": False, "why": fitted.get("why", "no run with a trajectory")}
+    rows = []
+    for x, y in held:
+        p = project(fitted, x)
+        rows.append({"integral": x, "measured": y, "predicted": p["value"], "low": p["low"], "high": p["high"],
+                     "inside": bool(p["low"] <= y <= p["high"])})
+    return {"ok": True, "column": column, "extrapolation": 1 / fraction, "exponent": fitted["exponent"], "rows": rows,
+            "inside": sum(r["inside"] for r in rows), "cases": len(rows)}
+
+
 def law(pts: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """value = c·I^b through ``pts`` [(I, value > 0)]: ``{"ok", "exponent" b, "coefficient" c, "fit", "points",
     "span" (the largest I over the smallest)}``, or ``{"ok": False, "why"}`` with fewer than 3 points or no spread."""

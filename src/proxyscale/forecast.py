@@ -232,10 +232,12 @@ def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float
 
 def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss: float, weight_decay: float,
              qk_layernorm: str, mitigations: dict[str, Any] | None = None,
-             clock: dict[str, Any] | None = None) -> dict[str, Any]:
+             clock: dict[str, Any] | None = None,
+             curves: dict[tuple[str, int], pl.DataFrame] | None = None) -> dict[str, Any]:
     """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``);
     ``mitigations`` (``mitigations_of``): the post-paper ones the target (and so the ladder) uses; ``clock``
-    (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read."""
+    (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read; ``curves``
+    (``table.curves``): the ladder's per-step metrics, along which the drift law runs (``drift_forecast``)."""
     mitigations = mitigations or {}
     trends = {c: trend(at_lr_points(rows, c, lr), n_target)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
@@ -251,7 +253,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
     logz_thr = threshold(rows, "log_z_mean", absolute=True)
-    law = drift_forecast(rows, clock, mitigations)
+    law = drift_forecast(rows, clock, mitigations, curves, lr)
     verdicts = [
         _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm,
                            mitigation_evidence(rows, lr, mitigations)),
@@ -315,24 +317,35 @@ def drift_clock(target: GroupConfig) -> dict[str, Any]:
             "precision_assumed": t.precision == "auto"}
 
 
-def drift_forecast(rows: pl.DataFrame, clock: dict[str, Any] | None,
-                   mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The drift law (``drift``) fitted through every stable ladder run (all sizes and LRs: the LR grid spreads the
-    integrated LR over three decades), read at the target's integrated LR: ‖μ‖ and |mean output logit| with their 80%
+def drift_forecast(rows: pl.DataFrame, clock: dict[str, Any] | None, mitigations: dict[str, Any] | None = None,
+                   curves: dict[tuple[str, int], pl.DataFrame] | None = None, lr: float | None = None) -> dict[str, Any]:
+    """The drift law (``drift``) read at the target's integrated LR: ‖μ‖ and |mean output logit| with their 80%
     intervals, how far that extrapolates, and the |logit| at which the target's precision costs the loss
-    (``drift.DAMAGE_AT``). ``{"ok": False, "why"}`` without a clock or a law."""
+    (``drift.DAMAGE_AT``). With the ladder's per-step ``curves``, the law runs along the trajectories of the stable
+    runs at the target LR (every size: the way a longer run at that LR extends them); without them, or where those
+    give no law, across every stable ladder run (the LR grid spreads I over three decades; measured to grow more
+    slowly than along a run, README). ``{"ok": False, "why"}`` without a clock or a law."""
     if clock is None:
         return {"ok": False, "why": "no target clock (its steps, LR and schedule) to read the drift law at"}
-    laws = {c: drift.law(drift.points(rows, c)) for c in drift.LAW_COLUMNS}
+    laws, basis = {}, "across the ladder's stable runs"
+    if curves is not None and lr is not None:
+        at = table.at_lr(rows, lr)
+        frames = [curves[(g, m)] for g, m, bad in zip(at["group"], at["member"], at[table.DIVERGED])
+                  if (g, m) in curves and not bad]
+        laws = {c: drift.law(drift.trajectory_points(frames, c)) for c in drift.LAW_COLUMNS}
+        basis = f"along the {len(frames)} stable ladder runs at LR {lr:g}"
+    if not laws.get("output_logit_mean", {}).get("ok"):
+        laws, basis = {c: drift.law(drift.points(rows, c)) for c in drift.LAW_COLUMNS}, "across the ladder's stable runs"
     mean = laws["output_logit_mean"]
     if not mean["ok"]:
         return {"ok": False, "why": f"mean output logit: {mean['why']}"}
-    out = {"ok": True, **clock, "damage_at": drift.DAMAGE_AT.get(clock["precision"], drift.DAMAGE_AT["fp32"]),
+    out = {"ok": True, **clock, "basis": basis,
+           "damage_at": drift.DAMAGE_AT.get(clock["precision"], drift.DAMAGE_AT["fp32"]),
            "mu_centering": bool((mitigations or {}).get("mu_centering"))}
     for column, fitted in laws.items():
         if fitted["ok"]:
             out[column] = {"exponent": fitted["exponent"], "coefficient": fitted["coefficient"],
-                           "runs": fitted["fit"]["n"], **drift.project(fitted, clock["integral"])}
+                           "points": fitted["fit"]["n"], **drift.project(fitted, clock["integral"])}
     return out
 
 
@@ -366,8 +379,7 @@ def _drift_verdict(law: dict[str, Any], z_loss: float, weight_decay: float) -> d
     far = (f"{m['extrapolation']:.3g}x beyond the ladder's largest" if m["extrapolation"] > 1
            else "inside the ladder's range")
     detail = (f"|mean output logit| at the target's integrated LR {law['integral']:.4g} ({far}): {m['value']:.3g} "
-              f"(80% interval {m['low']:.3g}–{m['high']:.3g}; law c·I^b, b = {m['exponent']:.2f}, through "
-              f"{m['runs']} ladder runs)")
+              f"(80% interval {m['low']:.3g}–{m['high']:.3g}; law c·I^b, b = {m['exponent']:.2f}, {law['basis']})")
     if "mu_norm" in law:
         mu = law["mu_norm"]
         detail += f"; ‖μ‖ {mu['value']:.3g} ({mu['low']:.3g}–{mu['high']:.3g}, b = {mu['exponent']:.2f})"
@@ -469,8 +481,9 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     rows = unstable(results)
     n_target = float(count_params(target.model, vocab_size(target)))
     o, m = target.optim, target.model
+    curves = table.curves(table.at_lr(rows, o.lr), out / "groups")  # the trajectories the drift law runs along
     record = forecast(rows, n_target, o.lr, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target),
-                      drift_clock(target))
+                      drift_clock(target), curves)
     record["target"] = {"path": target_path, "width": m.width, "depth": m.depth, "heads": m.heads, "n": n_target,
                         "lr": o.lr, "steps": target.train.steps, "qk_layernorm": m.qk_layernorm, "z_loss": o.z_loss,
                         "weight_decay": o.weight_decay, "eps": o.eps,
@@ -479,6 +492,9 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
                         "lrs": lr_grid(o.lr), "groups": results["group"].n_unique(), "seeds": count(rows)}
     if do_backtest:
         record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
+        at = table.at_lr(rows, o.lr)  # the drift law along the stable runs at the target LR, held out past a third
+        stable = [curves[(g, k)] for g, k, bad in zip(at["group"], at["member"], at[table.DIVERGED]) if not bad]
+        record["backtest"]["drift_along_runs"] = {c: drift.trajectory_backtest(stable, c) for c in drift.LAW_COLUMNS}
     folder = out / "forecast"
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")  # the fits: in memory only
