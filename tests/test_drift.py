@@ -235,7 +235,7 @@ def test_the_trajectory_law_follows_a_run_and_thins_it():
     fitted = drift.law(pts)
     assert fitted["exponent"] == pytest.approx(0.4, abs=1e-6) and fitted["coefficient"] == pytest.approx(2.0, rel=1e-5)
     bt = drift.trajectory_backtest([trajectory(0.4), trajectory(0.4, lr=0.3)])
-    assert bt["ok"] and bt["cases"] == 2 and bt["extrapolation"] == pytest.approx(3.0)
+    assert bt["ok"] and bt["cases"] == 2 and 1.5 < bt["extrapolation"] < 2.5  # half of log I: I_end / √(I_end/I_0)
     assert all(r["predicted"] == pytest.approx(r["measured"], rel=1e-4) for r in bt["rows"])
 
 

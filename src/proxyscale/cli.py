@@ -360,7 +360,7 @@ def backtest_table(bt: dict) -> Table | str:
     table.caption = (f"verdicts right {bt['verdicts_right']}/{bt['verdicts']}; precision "
                      f"{'–' if p is None else f'{p:.2f}'}, recall {'–' if rc is None else f'{rc:.2f}'}; logit within "
                      f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs" + drift_backtest_line(bt.get("drift") or {})
-                     + drift_backtest_line(bt.get("drift_along_runs") or {}, "along the runs, held out past a third"))
+                     + drift_backtest_line(bt.get("drift_along_runs") or {}, "along the runs, each run's last value from the first half of its log I"))
     return table
 
 

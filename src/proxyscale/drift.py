@@ -100,19 +100,25 @@ def trajectory_points(curves: Sequence[Any], column: str = "output_logit_mean") 
     return sorted(out)
 
 
-def trajectory_backtest(curves: Sequence[Any], column: str = "output_logit_mean", fraction: float = 1 / 3
+def trajectory_backtest(curves: Sequence[Any], column: str = "output_logit_mean", keep: float = 0.5
                         ) -> dict[str, Any]:
-    """Score the trajectory law where a forecast reads it, beyond its data: fit it through each run's points up to
-    ``fraction`` of its final integrated LR, forecast each run's last logged value, and say whether it fell inside the
-    80% band. ``{"ok", "rows", "inside", "cases", "extrapolation"}``."""
-    fit_pts, held = [], []
+    """Score the trajectory law where a forecast reads it, beyond its data: fit it through the first ``keep`` of each
+    run's trajectory (in log I, past the skipped start), forecast each run's last logged value, and say whether it
+    fell inside the 80% band. ``{"ok", "rows", "inside", "cases", "extrapolation"}`` (the held-out I over the largest
+    fitted one, the mean over runs)."""
+    fit_pts, held, reach = [], [], []
     for frame in curves:
         pts = trajectory_points([frame], column)
         if len(pts) < 3:
             continue
-        end = pts[-1]
-        fit_pts += [p for p in pts if p[0] <= fraction * end[0]]
+        lo, end = math.log(pts[0][0]), pts[-1]
+        cut = math.exp(lo + keep * (math.log(end[0]) - lo))
+        mine = [p for p in pts if p[0] <= cut]
+        if not mine:
+            continue
+        fit_pts += mine
         held.append(end)
+        reach.append(end[0] / mine[-1][0])
     fitted = law(fit_pts)
     if not fitted["ok"] or not held:
         return {"ok": False, "why": fitted.get("why", "no run with a trajectory")}
@@ -121,8 +127,8 @@ def trajectory_backtest(curves: Sequence[Any], column: str = "output_logit_mean"
         p = project(fitted, x)
         rows.append({"integral": x, "measured": y, "predicted": p["value"], "low": p["low"], "high": p["high"],
                      "inside": bool(p["low"] <= y <= p["high"])})
-    return {"ok": True, "column": column, "extrapolation": 1 / fraction, "exponent": fitted["exponent"], "rows": rows,
-            "inside": sum(r["inside"] for r in rows), "cases": len(rows)}
+    return {"ok": True, "column": column, "extrapolation": sum(reach) / len(reach), "exponent": fitted["exponent"],
+            "rows": rows, "inside": sum(r["inside"] for r in rows), "cases": len(rows)}
 
 
 def law(pts: Sequence[tuple[float, float]]) -> dict[str, Any]:

@@ -492,7 +492,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
                         "lrs": lr_grid(o.lr), "groups": results["group"].n_unique(), "seeds": count(rows)}
     if do_backtest:
         record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
-        at = table.at_lr(rows, o.lr)  # the drift law along the stable runs at the target LR, held out past a third
+        at = table.at_lr(rows, o.lr)  # the drift law along the stable runs at the target LR, its second half held out
         stable = [curves[(g, k)] for g, k, bad in zip(at["group"], at["member"], at[table.DIVERGED]) if not bad]
         record["backtest"]["drift_along_runs"] = {c: drift.trajectory_backtest(stable, c) for c in drift.LAW_COLUMNS}
     folder = out / "forecast"
