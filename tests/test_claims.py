@@ -61,6 +61,14 @@ def over_lambda(spread_head, spread_off):
     return pl.concat(parts)
 
 
+def drifting(b: float) -> pl.DataFrame:
+    """``results`` with the integrated LR of a 300-step run and ‖μ‖ = 2·I^b (a ±3% wobble by size)."""
+    r = results(flat)
+    i = pl.col("member.lr") * 300
+    return r.with_columns(i.alias("lr_integral"),
+                          (2 * i.pow(b) * (1 + 0.03 * (pl.col("n_params").log10() - 4))).alias("mu_norm"))
+
+
 CASES = {  # check: (args, a table where it holds, a table where it does not)
     "sensitivity_lower": ({"axis": AXIS, "better": "head", "worse": "off"}, results(grows),
                           results(lambda v, i: 0.02 if v == "off" else 0.1)),
@@ -110,6 +118,8 @@ CASES = {  # check: (args, a table where it holds, a table where it does not)
     "prediction": ({}, results(flat, step_logit=power_law, unstable=past_150),
                    results(flat, step_logit=lambda v, i, lr: power_law(v, i, lr) * (1e-3 if i == 2 else 1.0),
                            unstable=past_150)),
+    # the drift law: ‖μ‖ = 2·I^b through the runs, I = LR × 300 steps; it grows (b = 0.5) or shrinks (b = -0.5)
+    "law_exponent": ({"column": "mu_norm", "above": 0.0}, drifting(0.5), drifting(-0.5)),
 }
 
 

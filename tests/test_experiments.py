@@ -6,7 +6,7 @@ from proxyscale import experiments, plots, reproduce, sweep
 from proxyscale.config import ConfigError
 
 KINDS = {"lr_vs_loss", "sensitivity_vs_n", "over_steps", "metric_vs", "prediction", "loss_curves",
-         "sensitivity_by_variant"}
+         "sensitivity_by_variant", "drift_law"}
 PAPER_ITEMS = {"fig1", "fig2", "fig3", "fig5", "fig6", "fig7", "fig8", "fig9", "fig10", "fig11", "fig12",
                "e1", "e5", "e7", "e8", "e9", "e10", "e11", "e14", "c1"}
 

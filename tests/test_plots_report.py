@@ -8,6 +8,7 @@ from proxyscale import plots, records, report, sweep
 ARGS = {  # kind: arguments beyond results/path/pool, as an experiment file would give them
     "lr_vs_loss": {"panels": "model.qk_layernorm"},
     "sensitivity_vs_n": {"lines": "model.qk_layernorm"},
+    "drift_law": {"lines": "model.qk_layernorm"},
     "loss_curves": {},
     "over_steps": {"lr": 1e-2, "lines": "model.qk_layernorm", "columns": ["loss", "attn_logit_max/0"],
                    "logy": [False, True]},

@@ -24,8 +24,25 @@ names = catalogue.names
 
 
 def scales() -> dict[str, Any]:
-    """experiments/scales.yaml: ``lr_grids`` (named LR grids) and ``scales`` (each scale's why, device, spec)."""
-    return catalogue.read_scales()
+    """experiments/scales.yaml: ``lr_grids`` (named LR grids) and ``scales`` (each scale's why, device, spec). A scale
+    with ``like: OTHER`` is OTHER's spec with its own merged over it (``laptop-lite``: the laptop scale at half the
+    batch)."""
+    shared = catalogue.read_scales()
+    for body in shared["scales"].values():
+        if body.get("like"):
+            body["spec"] = sweep.merge(shared["scales"][body["like"]]["spec"], body.get("spec") or {})
+    return shared
+
+
+def _scale_entries(exp: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's ``scales`` entries, with each ``like`` scale it does not name taking the entry of the scale it
+    is like (its why and spec), so every experiment runs at every scale."""
+    out = dict(exp["scales"])
+    for scale, body in shared["scales"].items():
+        like = body.get("like")
+        if scale not in out and like in out:
+            out[scale] = {**out[like], "why": f"{out[like]['why']} At {scale}: {body['why']}"}
+    return out
 
 
 def _named_grids(spec: dict[str, Any], grids: dict[str, list[float]], where: str) -> dict[str, Any]:
@@ -49,7 +66,7 @@ def load(name: str) -> dict[str, Any]:
         raise ConfigError(f"experiment {name!r}: unknown; valid: {', '.join(names())}, all or beyond (see: proxyscale list)") \
             from None
     resolved = {}
-    for scale, body in exp["scales"].items():
+    for scale, body in _scale_entries(exp, shared).items():
         if scale not in shared["scales"]:
             raise ConfigError(f"{name}.scales.{scale}: unknown scale; valid: {', '.join(shared['scales'])}")
         spec = sweep.merge(sweep.merge(shared["scales"][scale]["spec"], exp.get("spec") or {}), body.get("spec") or {})
