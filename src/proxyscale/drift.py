@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .analysis import fit_log
 from .instability import interval
-from .optim import lr_schedule
+
+if TYPE_CHECKING:  # torch is imported where the damage is measured: the report and the law stay light
+    import torch
 
 LAW_COLUMNS = ("mu_norm", "output_logit_mean")
 """What the law is fitted to: ‖μ‖ and the mean output logit (its absolute value), each against ``lr_integral``."""
@@ -189,6 +189,8 @@ def backtest(rows: Any, column: str = "mu_norm") -> dict[str, Any]:
 def schedule_integral(peak: float, warmup: int, steps: int, min_lr: float) -> float:
     """Σ of the LR over a run's ``steps`` optimizer steps (``optim.lr_schedule``: linear warm-up, cosine to
     ``min_lr``): the integrated LR at its end, the x at which the law is read for a run not trained yet."""
+    from .optim import lr_schedule  # the one owner of the schedule (imports torch)
+
     return math.fsum(lr_schedule(s, peak, warmup, steps, min_lr) for s in range(steps))
 
 
@@ -207,6 +209,8 @@ def integrated(steps: Sequence[int], lrs: Sequence[float]) -> list[float]:
 
 def _ce(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per member [K] of float32 logits [K, N, V] at ``targets`` [N]."""
+    import torch
+
     picked = z.gather(-1, targets.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
     return (torch.logsumexp(z, dim=-1) - picked).mean(dim=1)
 
@@ -220,20 +224,22 @@ def rounding_loss(logits: torch.Tensor, targets: torch.Tensor, shift: float, dty
     return _ce((z + shift).to(dtype).float(), targets) - _ce(z, targets)
 
 
-@torch.no_grad()
 def precision_damage(run: Any, shifts: Sequence[float], dtypes: Sequence[str] = ("bf16",)) -> list[dict[str, Any]]:
     """``rounding_loss`` of a trained group (``train.GroupRun``) over its evaluation windows, per member, shift and
     precision: rows ``{"member", "shift", "precision", "loss_fp32", "damage"}``. The logits come from the float32
     master weights (the same checkpoint for every precision); shift 0 is the checkpoint as it is, with its own
     mean logit."""
+    import torch
+
     from .device import compute_dtype
 
     weights = run.fp.params  # float32 master views
     logits, targets = [], []
-    for x, y in run.batches.eval:
-        z, _ = run.model.forward(weights, x, False, run.caps)
-        logits.append(z.float().reshape(z.shape[0], -1, z.shape[-1]))
-        targets.append(y.reshape(-1))
+    with torch.no_grad():
+        for x, y in run.batches.eval:
+            z, _ = run.model.forward(weights, x, False, run.caps)
+            logits.append(z.float().reshape(z.shape[0], -1, z.shape[-1]))
+            targets.append(y.reshape(-1))
     z, t = torch.cat(logits, dim=1), torch.cat(targets)
     base = _ce(z, t)
     rows = []
