@@ -250,3 +250,13 @@ def test_the_forecast_reads_the_law_along_the_runs_at_the_target_lr():
     assert along["verdicts"][1]["verdict"] == "unlikely" and "along the" in along["drift"]["basis"]
     across = forecast.forecast(rows, 1e9, 1e-2, 1e-8, 0.0, 0.0, "off", clock=clock)
     assert across["verdicts"][1]["verdict"] == "likely" and across["drift"]["basis"].startswith("across")
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "1000"])
+def test_a_bad_total_steps_is_refused_before_the_monitor_touches_anything(tmp_path, bad):
+    from proxyscale import monitor
+
+    model = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="total_steps: the run's length"):
+        monitor.attach(model, torch.optim.AdamW(model.parameters()), out=tmp_path / "mon", total_steps=bad)
+    assert not (tmp_path / "mon").exists() and not model._forward_hooks

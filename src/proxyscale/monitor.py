@@ -230,7 +230,7 @@ class Monitor:
                  torch.Tensor]] | None, heads: int | None, logit_threshold: float, log_z_drift: float,
                  spike_factor: float, on_alarm: str, forecast: str | Path | None,
                  total_steps: int | None = None) -> None:
-        validate(every, on_alarm)
+        validate(every, on_alarm, total_steps)
         store.check_dir(Path(out), "monitor out=")  # before any hook: a bad folder is one error, the model untouched
         self.model, self.optimizer, self.every, self.out = model, optimizer, every, Path(out)
         self.on_alarm = on_alarm
@@ -586,12 +586,16 @@ class RunAlarms(Callback):
                                                         for a in m.alarms])
 
 
-def validate(every: int, on_alarm: str) -> None:
+def validate(every: int, on_alarm: str, total_steps: int | None = None) -> None:
     """The options ``attach`` checks before it touches the model."""
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"every: must be an integer >= 1, got {every!r}")
     if on_alarm not in ("warn", "stop", "skip"):
         raise ValueError(f"on_alarm: got {on_alarm!r}; valid: warn, stop, skip")
+    if total_steps is not None and (not isinstance(total_steps, int) or isinstance(total_steps, bool)
+                                    or total_steps < 1):
+        raise ValueError(f"total_steps: the run's length in steps, an integer >= 1 (or None: unknown), got "
+                         f"{total_steps!r}")
 
 
 def __getattr__(name: str) -> Any:
