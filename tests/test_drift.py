@@ -37,12 +37,6 @@ def test_the_logged_lr_integral_is_the_sum_of_the_schedule_so_far(tmp_path):
                                                      rel=1e-5)
 
 
-def test_integrated_lr_from_logged_points_is_exact_when_every_step_is_logged():
-    assert drift.integrated([0, 1, 2, 3], [0.1, 0.2, 0.3, 0.4]) == pytest.approx([0.1, 0.3, 0.6, 1.0])
-    # every other step logged: each LR stands for the steps since the last record
-    assert drift.integrated([0, 2, 4], [0.1, 0.3, 0.5]) == pytest.approx([0.1, 0.7, 1.7])
-
-
 # -- the law ------------------------------------------------------------------------------------------------------------
 
 def drifting(b=0.8, c=1.5, noise=0.05, lrs=(1e-3, 1e-2, 1e-1, 1.0), steps=300, column="mu_norm", extra=None):
@@ -110,7 +104,7 @@ def test_precision_damage_of_a_trained_group_is_zero_at_no_shift_in_float32(tmp_
     far = [r["damage"] for r in rows if r["shift"] == 1024.0 and r["precision"] == "bf16"]
     near = [r["damage"] for r in rows if r["shift"] == 0.0 and r["precision"] == "fp16"]
     assert min(abs(d) for d in far) > max(abs(d) for d in near)
-    assert drift.damage_reached(-drift.DAMAGE_AT["bf16"], "bf16") and not drift.damage_reached(1.0, "bf16")
+    assert drift.damage_at("bf16") == 64.0 and drift.damage_at("fp8-unknown") == drift.DAMAGE_AT["fp32"]
 
 
 # -- the claim ----------------------------------------------------------------------------------------------------------

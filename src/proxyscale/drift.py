@@ -122,13 +122,19 @@ def trajectory_backtest(curves: Sequence[Any], column: str = "output_logit_mean"
     fitted = law(fit_pts)
     if not fitted["ok"] or not held:
         return {"ok": False, "why": fitted.get("why", "no run with a trajectory")}
+    return {"ok": True, "column": column, "extrapolation": sum(reach) / len(reach), **_score(fitted, held)}
+
+
+def _score(fitted: dict[str, Any], held: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """The law's forecast of each held-out (I, value) against its 80% band: ``exponent``, ``rows``, ``inside``,
+    ``cases``."""
     rows = []
     for x, y in held:
         p = project(fitted, x)
         rows.append({"integral": x, "measured": y, "predicted": p["value"], "low": p["low"], "high": p["high"],
                      "inside": bool(p["low"] <= y <= p["high"])})
-    return {"ok": True, "column": column, "extrapolation": sum(reach) / len(reach), "exponent": fitted["exponent"],
-            "rows": rows, "inside": sum(r["inside"] for r in rows), "cases": len(rows)}
+    return {"exponent": fitted["exponent"], "rows": rows, "inside": sum(r["inside"] for r in rows),
+            "cases": len(rows)}
 
 
 def law(pts: Sequence[tuple[float, float]]) -> dict[str, Any]:
@@ -175,13 +181,8 @@ def backtest(rows: Any, column: str = "mu_norm") -> dict[str, Any]:
     fitted = law([(x, y) for x, y in pts if x < top * (1 - 1e-9)])
     if not fitted["ok"]:
         return {"ok": False, "why": fitted["why"]}
-    out = []
-    for x, y in held:
-        p = project(fitted, x)
-        out.append({"integral": x, "measured": y, "predicted": p["value"], "low": p["low"], "high": p["high"],
-                    "inside": bool(p["low"] <= y <= p["high"])})
     return {"ok": True, "column": column, "held_out_integral": top, "extrapolation": top / fitted["max_integral"],
-            "exponent": fitted["exponent"], "rows": out, "inside": sum(r["inside"] for r in out), "cases": len(out)}
+            **_score(fitted, held)}
 
 
 # ---- the clock -------------------------------------------------------------------------------------------------------
@@ -192,17 +193,6 @@ def schedule_integral(peak: float, warmup: int, steps: int, min_lr: float) -> fl
     from .optim import lr_schedule  # the one owner of the schedule (imports torch)
 
     return math.fsum(lr_schedule(s, peak, warmup, steps, min_lr) for s in range(steps))
-
-
-def integrated(steps: Sequence[int], lrs: Sequence[float]) -> list[float]:
-    """The integrated LR at each of ``steps`` (increasing) from the LR logged there, each LR standing for the steps
-    since the one before (exact when every step is logged): what a watcher of someone else's loop can measure."""
-    out, total, last = [], 0.0, None
-    for s, lr in zip(steps, lrs):
-        total += lr * (1 if last is None else s - last)
-        out.append(total)
-        last = s
-    return out
 
 
 # ---- the damage ------------------------------------------------------------------------------------------------------
@@ -251,6 +241,6 @@ def precision_damage(run: Any, shifts: Sequence[float], dtypes: Sequence[str] = 
     return rows
 
 
-def damage_reached(mean_logit: float, precision: str) -> bool:
-    """Whether a run whose logits sit ``mean_logit`` from 0 loses ``DAMAGE_NATS`` or more to ``precision``."""
-    return abs(mean_logit) >= DAMAGE_AT.get(precision, DAMAGE_AT["fp32"])
+def damage_at(precision: str) -> float:
+    """``DAMAGE_AT`` for a logit precision (an unknown one counts as float32)."""
+    return DAMAGE_AT.get(precision, DAMAGE_AT["fp32"])

@@ -317,6 +317,13 @@ def drift_clock(target: GroupConfig) -> dict[str, Any]:
             "precision_assumed": t.precision == "auto"}
 
 
+def stable_curves(rows: pl.DataFrame, curves: dict[tuple[str, int], pl.DataFrame], lr: float) -> list[pl.DataFrame]:
+    """The per-step metrics of the ladder runs at LR ``lr`` that did not diverge: what the drift law runs along."""
+    at = table.at_lr(rows, lr)
+    return [curves[(g, m)] for g, m, bad in zip(at["group"], at["member"], at[table.DIVERGED])
+            if (g, m) in curves and not bad]
+
+
 def drift_forecast(rows: pl.DataFrame, clock: dict[str, Any] | None, mitigations: dict[str, Any] | None = None,
                    curves: dict[tuple[str, int], pl.DataFrame] | None = None, lr: float | None = None) -> dict[str, Any]:
     """The drift law (``drift``) read at the target's integrated LR: ‖μ‖ and |mean output logit| with their 80%
@@ -329,9 +336,7 @@ def drift_forecast(rows: pl.DataFrame, clock: dict[str, Any] | None, mitigations
         return {"ok": False, "why": "no target clock (its steps, LR and schedule) to read the drift law at"}
     laws, basis = {}, "across the ladder's stable runs"
     if curves is not None and lr is not None:
-        at = table.at_lr(rows, lr)
-        frames = [curves[(g, m)] for g, m, bad in zip(at["group"], at["member"], at[table.DIVERGED])
-                  if (g, m) in curves and not bad]
+        frames = stable_curves(rows, curves, lr)
         laws = {c: drift.law(drift.trajectory_points(frames, c)) for c in drift.LAW_COLUMNS}
         basis = f"along the {len(frames)} stable ladder runs at LR {lr:g}"
     if not laws.get("output_logit_mean", {}).get("ok"):
@@ -340,7 +345,7 @@ def drift_forecast(rows: pl.DataFrame, clock: dict[str, Any] | None, mitigations
     if not mean["ok"]:
         return {"ok": False, "why": f"mean output logit: {mean['why']}"}
     out = {"ok": True, **clock, "basis": basis,
-           "damage_at": drift.DAMAGE_AT.get(clock["precision"], drift.DAMAGE_AT["fp32"]),
+           "damage_at": drift.damage_at(clock["precision"]),
            "mu_centering": bool((mitigations or {}).get("mu_centering"))}
     for column, fitted in laws.items():
         if fitted["ok"]:
@@ -492,8 +497,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
                         "lrs": lr_grid(o.lr), "groups": results["group"].n_unique(), "seeds": count(rows)}
     if do_backtest:
         record["backtest"] = backtest(results, o.eps, o.z_loss, o.weight_decay, m.qk_layernorm, mitigations_of(target))
-        at = table.at_lr(rows, o.lr)  # the drift law along the stable runs at the target LR, its second half held out
-        stable = [curves[(g, k)] for g, k, bad in zip(at["group"], at["member"], at[table.DIVERGED]) if not bad]
+        stable = stable_curves(rows, curves, o.lr)  # the drift law along the runs, each one's second half held out
         record["backtest"]["drift_along_runs"] = {c: drift.trajectory_backtest(stable, c) for c in drift.LAW_COLUMNS}
     folder = out / "forecast"
     folder.mkdir(parents=True, exist_ok=True)

@@ -187,7 +187,7 @@ class Alarms:
         if not math.isfinite(m):
             return []
         self.drift_points.append((s, integral, m))
-        limit = drift.DAMAGE_AT.get(self.precision, drift.DAMAGE_AT["fp32"])
+        limit = drift.damage_at(self.precision)
         fix = "μ-centering (proxyscale: optim.mu_centering), z-loss 1e-4 or fp32 logits (OEC; paper §3.1.2)"
         if m >= limit:
             return [Alarm(s, "output-logit drift", f"mean output logit {host['output_logit_mean']:+.3g} is past "
