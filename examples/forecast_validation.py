@@ -1,11 +1,15 @@
-"""Score the forecast's backtest on micro ladders it was not built on: the README's validation table.
+"""Score the forecast's backtest on validation ladders it was not built on: the README's coverage and validation
+tables.
 
-    python examples/forecast_validation.py [--out runs/forecast_validation] [--only seed1,qk]
+    python examples/forecast_validation.py [--out runs/forecast_validation] [--scale micro,laptop] [--only seed1,qk]
+                                           [--workers 1] [--cases cases.parquet]
 
-Each variant is ``examples/target.yaml`` with some fields changed (and the ladder's training seed); its micro ladder
-(4 sizes x 8-9 LRs) is trained into a shared pool (finished groups are reused), the largest size is held out, and the
-forecast from the other three is scored against it (``forecast.backtest``). The target's ladder took 2 min 32 s on
-2 CPU cores (AVX512-BF16); no two variants share a group.
+Each variant is a target (``examples/target.yaml`` or ``target_drift.yaml``) with some fields changed and the
+ladder's training seed; its ladder (4 sizes x 8-9 LRs) is trained into a shared pool (finished groups are reused),
+the largest size is held out, and the forecast from the other three is scored against it (``forecast.backtest``):
+the verdicts, and every forecast quantity's 80% band against the held-out value (``extrapolation.coverage``).
+The tuning ladders (``TUNING``) are the ones the forecast's rules and bands were chosen on; the coverage table
+reports the others apart, so a change of the band is judged on ladders it was not tuned on.
 """
 
 from __future__ import annotations
@@ -17,65 +21,106 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from proxyscale import forecast, instability, sweep
+from proxyscale import extrapolation, forecast, sweep
 from proxyscale.config import GroupConfig
 
-TARGET = Path(__file__).with_name("target.yaml")
-VARIANTS: dict[str, tuple[str, dict, int]] = {
-    # name: (what the README calls it, fields changed in the target, the ladder's train.seed)
-    "target": ("the target (the rule was built on this one)", {}, 0),
-    "seed1": ("seed 1", {}, 1),
-    "seed2": ("seed 2", {}, 2),
-    "no_zloss_no_wd": ("z-loss 0, weight decay 0", {"optim": {"z_loss": 0.0, "weight_decay": 0.0}}, 0),
-    "coupled": ("coupled weight decay 0.1", {"optim": {"weight_decay": 0.1, "independent_weight_decay": False}}, 0),
-    "qk": ("qk-layernorm", {"model": {"qk_layernorm": "head"}}, 0),
-    "qk_seed1": ("qk-layernorm, seed 1", {"model": {"qk_layernorm": "head"}}, 1),
-    "qk_lr3e-2": ("qk-layernorm, target LR 3e-2", {"model": {"qk_layernorm": "head"}, "optim": {"lr": 0.03}}, 0),
+EXAMPLES = Path(__file__).parent
+VARIANTS: dict[str, tuple[str, str, dict, int, str]] = {
+    # name: (what the README calls it, target file, fields changed in it, the ladder's train.seed, scale)
+    "target": ("the target (the rule was built on this one)", "target.yaml", {}, 0, "micro"),
+    "seed1": ("seed 1", "target.yaml", {}, 1, "micro"),
+    "seed2": ("seed 2", "target.yaml", {}, 2, "micro"),
+    "no_zloss_no_wd": ("z-loss 0, weight decay 0", "target.yaml", {"optim": {"z_loss": 0.0, "weight_decay": 0.0}},
+                       0, "micro"),
+    "coupled": ("coupled weight decay 0.1", "target.yaml",
+                {"optim": {"weight_decay": 0.1, "independent_weight_decay": False}}, 0, "micro"),
+    "qk": ("qk-layernorm", "target.yaml", {"model": {"qk_layernorm": "head"}}, 0, "micro"),
+    "qk_seed1": ("qk-layernorm, seed 1", "target.yaml", {"model": {"qk_layernorm": "head"}}, 1, "micro"),
+    "qk_lr3e-2": ("qk-layernorm, target LR 3e-2", "target.yaml",
+                  {"model": {"qk_layernorm": "head"}, "optim": {"lr": 0.03}}, 0, "micro"),
+    "drift": ("target_drift (qk-layernorm, LR 0.1, bf16, no z-loss or decay)", "target_drift.yaml", {}, 0, "micro"),
+    "qkclip": ("QK-clip τ = 100", "target.yaml", {"optim": {"qk_clip": 100.0}}, 0, "micro"),
+    "softcap": ("attention soft-cap 50", "target.yaml", {"model": {"attn_softcap": 50.0}}, 0, "micro"),
+    "laptop": ("the target, laptop ladder", "target.yaml", {}, 0, "laptop"),
+    "laptop_drift": ("target_drift, laptop ladder", "target_drift.yaml", {}, 0, "laptop"),
 }
+TUNING = ("target", "seed1", "qk")
+"""The ladders the forecast's band and warnings were chosen on; every other ladder is held out of that choice."""
 
 
 def variant(name: str, folder: Path) -> tuple[dict, GroupConfig]:
-    """The variant's micro-ladder sweep spec and the target it stands for (written to ``folder/<name>.yaml``)."""
-    _, changes, seed = VARIANTS[name]
-    raw = yaml.safe_load(TARGET.read_text())
+    """The variant's ladder sweep spec and the target it stands for (written to ``folder/<name>.yaml``)."""
+    _, file, changes, seed, scale = VARIANTS[name]
+    raw = yaml.safe_load((EXAMPLES / file).read_text())
     for section, fields in changes.items():
         raw[section] = {**copy.deepcopy(raw.get(section, {})), **fields}
     path = folder / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     target = forecast.load_target(str(path))
-    return sweep.merge(forecast.ladder_spec(target, "micro"), {"base": {"train": {"seed": seed}}}), target
+    return sweep.merge(forecast.ladder_spec(target, scale), {"base": {"train": {"seed": seed}}}), target
+
+
+def score(name: str, out: Path, workers: int | None) -> dict:
+    """Train (or reuse) the variant's ladder and backtest the forecast on its largest size."""
+    spec, target = variant(name, out / "targets")
+    results = sweep.run_sweep(spec, out / "ladders" / name, pool=out / "groups", workers=workers)
+    o = target.optim
+    return forecast.backtest(results, o.eps, o.z_loss, o.weight_decay, target.model.qk_layernorm,
+                             forecast.mitigations_of(target))
+
+
+def _pct(c: dict) -> str:
+    return "–" if not c["cases"] else f"{c['inside']}/{c['cases']} ({c['fraction']:.0%})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/forecast_validation", type=Path)
-    parser.add_argument("--only", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--scale", default="micro,laptop", help="comma-separated scales whose ladders to score")
+    parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--workers", type=int, default=None, help="parallel groups (default: the sweep's)")
+    parser.add_argument("--cases", type=Path, default=None, help="write every scored case to this parquet file")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n]
+    scales = [s for s in args.scale.split(",") if s]
+    names = [n for n in args.only.split(",") if n] or [n for n, v in VARIANTS.items() if v[4] in scales]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"--only: unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
-    print("| ladder (micro, largest size held out) | verdicts right | precision / recall | logit within 2× "
-          "| held-out instability LR: forecast (80% band) | measured |")
-    print("|---|---|---|---|---|---|")
+    print("| ladder (largest size held out) | scale | verdicts right | precision / recall | logit within 2× "
+          "| inside the 80% band | warnings |")
+    print("|---|---|---|---|---|---|---|")
     right = total = 0
+    cases: list[dict] = []
     for name in names:
-        spec, target = variant(name, args.out / "targets")
-        results = sweep.run_sweep(spec, args.out / "ladders" / name, pool=args.out / "groups")
-        o = target.optim
-        bt = forecast.backtest(results, o.eps, o.z_loss, o.weight_decay, target.model.qk_layernorm)
-        rows = instability.unstable(results)
-        held = bt["held_out_n"]
-        t = forecast.trend(forecast.instability_lrs(rows.filter(pl.col("n_params") < held)), held)
-        measured = dict(forecast.instability_lrs(rows)).get(held)
-        fc = f"{t['value']:.2g} ({t['low']:.2g}–{t['high']:.2g})" if t["ok"] else f"cannot forecast: {t['why']}"
+        bt = score(name, args.out, args.workers)
+        if not bt["ok"]:
+            print(f"| {VARIANTS[name][0]} | {VARIANTS[name][4]} | cannot backtest: {bt['why']} |||||")
+            continue
         pr = " / ".join("–" if x is None else f"{x:.2f}" for x in (bt["precision"], bt["recall"]))
-        print(f"| {VARIANTS[name][0]} | {bt['verdicts_right']}/{bt['verdicts']} | {pr} | "
-              f"{bt['logit_within_2x']}/{bt['logits']} | {fc} | {'–' if measured is None else f'{measured:.2g}'} |",
-              flush=True)
+        kinds = sorted({w["kind"] for w in bt["warnings"]})
+        print(f"| {VARIANTS[name][0]} | {VARIANTS[name][4]} | {bt['verdicts_right']}/{bt['verdicts']} | {pr} | "
+              f"{bt['logit_within_2x']}/{bt['logits']} | {_pct(bt['coverage']['overall'])} | "
+              f"{', '.join(kinds) or '–'} |", flush=True)
         right, total = right + bt["verdicts_right"], total + bt["verdicts"]
-    print(f"\n{right} of {total} verdicts right")
+        cases += [{**c, "ladder": name, "tuning": name in TUNING, "seed": str(c.get("seed")),
+                   "lr": c.get("lr")} for c in bt["cases"]]
+    print(f"\n{right} of {total} verdicts right over {len(names)} ladders; {len(cases)} held-out cases\n")
+    every = extrapolation.coverage(cases)
+    held = extrapolation.coverage([c for c in cases if not c["tuning"]])
+    print("| quantity | inside its 80% band: all ladders | ladders not tuned on |")
+    print("|---|---|---|")
+    for q, label in extrapolation.QUANTITIES.items():
+        a = every["per_quantity"].get(q, {"cases": 0})
+        b = held["per_quantity"].get(q, {"cases": 0})
+        print(f"| {label} | {_pct(a)} | {_pct(b)} |")
+    print(f"| **overall** | {_pct(every['overall'])} | {_pct(held['overall'])} |")
+    print("\ncalibration (nominal → observed, all ladders): " + ", ".join(
+        f"{lvl:.0%} → {obs:.0%}" for lvl, obs, _ in extrapolation.calibration(cases)))
+    if args.cases:
+        args.cases.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame([{k: v for k, v in c.items() if k != "censored_above"} for c in cases],
+                     infer_schema_length=None).write_parquet(args.cases)
 
 
 if __name__ == "__main__":  # the local executor spawns workers that import this file

@@ -177,8 +177,9 @@ def test_the_80_percent_band_holds_80_percent_of_new_sizes(sizes):
 
 
 def test_the_validation_example_builds_every_variant(tmp_path):
-    """examples/forecast_validation.py (the README's validation table): each variant is a valid target whose micro
-    ladder carries its changes and seed; nothing is trained here."""
+    """examples/forecast_validation.py (the README's coverage table): each variant is a valid target whose ladder
+    carries its changes, seed and scale; at least 8 ladders over micro and laptop, the tuning ones among them and
+    not all of them; nothing is trained here."""
     import importlib.util
     from pathlib import Path
 
@@ -188,13 +189,22 @@ def test_the_validation_example_builds_every_variant(tmp_path):
     spec.loader.exec_module(module)
     from proxyscale import sweep
 
-    for name, (_label, changes, seed) in module.VARIANTS.items():
+    for name, (_label, _file, changes, seed, scale) in module.VARIANTS.items():
         ladder, target = module.variant(name, tmp_path)
         groups = sweep.expand(ladder)
         assert len(groups) == 4 and all(g.cfg.train.seed == seed for g in groups), name
-        assert all(g.cfg.model.qk_layernorm == changes.get("model", {}).get("qk_layernorm", "off") for g in groups)
+        assert ladder["sizes"] == forecast.LADDERS[scale], name
+        for section, fields in changes.items():
+            for field, value in fields.items():
+                if field in forecast.MODEL_INTERVENTIONS:
+                    assert all(getattr(g.cfg.model, field) == value for g in groups), (name, field)
+                elif field in forecast.OPTIM_INTERVENTIONS:
+                    assert all(getattr(g.cfg.optim, field) == value for g in groups), (name, field)
         assert target.optim.lr in ladder["members"]["lr"]
-    assert len({g.id for name in module.VARIANTS for g in sweep.expand(module.variant(name, tmp_path)[0])}) == 32
+    assert len(module.VARIANTS) >= 8 and {v[4] for v in module.VARIANTS.values()} == {"micro", "laptop"}
+    assert set(module.TUNING) < set(module.VARIANTS)
+    ids = [g.id for name in module.VARIANTS for g in sweep.expand(module.variant(name, tmp_path)[0])]
+    assert len(set(ids)) == len(ids)  # no two variants share a group
 
 
 def test_a_size_that_never_turns_unstable_is_named_when_the_divergence_lr_cannot_be_forecast():

@@ -332,7 +332,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     colours = {"likely": "red", "possible": "yellow", "unlikely": "green"}
     for v in rec.verdicts:
         colour = colours.get(v["verdict"], "white")
-        console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {escape(v['detail'])}", highlight=False)
+        detail = escape(v["detail"]).replace("\n", "\n    ")  # a warning is a line of its verdict
+        console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {detail}", highlight=False)
     sens = rec.lr_sensitivity
     if sens.get("ok"):
         console.print(f"LR sensitivity at the target's N: {sens['value']:.3g} (80% interval {sens['low']:.3g}–"
@@ -357,9 +358,14 @@ def backtest_table(bt: dict) -> Table | str:
                       "–" if r["ratio"] is None else f"{r['ratio']:.2f}", called,
                       "unstable" if r["unstable"] else "stable")
     p, rc = bt["precision"], bt["recall"]
+    cov = bt.get("coverage") or {}
+    inside = "; ".join(f"{q} {c['inside']}/{c['cases']}" for q, c in (cov.get("per_quantity") or {}).items())
+    o = cov.get("overall") or {}
+    coverage = (f"; held-out values inside their 80% bands: {o['inside']}/{o['cases']} ({inside})"
+                if o.get("cases") else "")
     table.caption = (f"verdicts right {bt['verdicts_right']}/{bt['verdicts']}; precision "
                      f"{'–' if p is None else f'{p:.2f}'}, recall {'–' if rc is None else f'{rc:.2f}'}; logit within "
-                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs" + drift_backtest_line(bt.get("drift") or {})
+                     f"2x at {bt['logit_within_2x']}/{bt['logits']} LRs" + coverage + drift_backtest_line(bt.get("drift") or {})
                      + drift_backtest_line(bt.get("drift_along_runs") or {}, "along the runs, each run's last value from the first half of its log I"))
     return table
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from . import drift, sweep, table
+from . import drift, extrapolation, sweep, table
 from .analysis import LR_GRID, capped, fit_log, sensitivity_frame
 from .seeds import count, seed_keys
 from .table import replicate_columns
@@ -242,7 +242,10 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     trends = {c: trend(at_lr_points(rows, c, lr), n_target)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
     div = trend(instability_lrs(rows), n_target)
-    if not div["ok"] and len(div["points"]) < 3:  # say which sizes never turned unstable, and what would help
+    regime = extrapolation.regime_change(rows)
+    if regime and div["ok"]:  # a power law across sizes that do and do not turn unstable: no point forecast
+        div = {"ok": False, "why": regime["text"], "points": div["points"]}
+    elif not div["ok"] and len(div["points"]) < 3:  # say which sizes never turned unstable, and what would help
         calm = sorted(set(rows[SIZE].to_list()) - set(rows.filter(pl.col("unstable"))[SIZE].to_list()))
         if calm:
             its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
@@ -254,6 +257,12 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
     logz_thr = threshold(rows, "log_z_mean", absolute=True)
     law = drift_forecast(rows, clock, mitigations, curves, lr)
+    warnings = extrapolation.grid_edges(rows) + ([regime] if regime else [])
+    bends = {c: extrapolation.bend(at_lr_points(rows, c, lr), n_target) for c in trends}
+    bends["instability_lr"] = extrapolation.bend(instability_lrs(rows), n_target) if div["ok"] else None
+    bends["lr_sensitivity"] = extrapolation.bend(sensitivities(rows), n_target)
+    where = {c: f" at LR {lr:g}" for c in trends}
+    warnings += [w for c, b in bends.items() if (w := extrapolation.bend_warning(c, b, where.get(c, "")))]
     verdicts = [
         _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm,
                            mitigation_evidence(rows, lr, mitigations)),
@@ -261,9 +270,21 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
         _eps_verdict(trends["grad_rms/layers.0.w1"], eps, mitigations.get("optimizer", "adamw")),
         _divergence_verdict(div, lr),
     ]
+    for v in verdicts:  # each warning is a line in the verdict it concerns, and a field of forecast.json
+        lines = [w["text"] for w in warnings if WARNING_CAUSE.get(w.get("quantity", w["kind"])) == v["cause"]]
+        if lines:
+            v["detail"] += "".join(f"\nwarning: {line}" for line in lines)
     return {"n_target": n_target, "lr": lr, "trends": trends, "divergence_lr": div, "lr_sensitivity": sens,
             "logit_threshold": logit_thr, "logit_threshold_source": logit_thr_src, "log_z_threshold": logz_thr,
-            "drift": law, "verdicts": verdicts}
+            "drift": law, "verdicts": verdicts, "warnings": warnings}
+
+
+WARNING_CAUSE = {"attn_logit_max/0": ATTENTION_LOGIT_GROWTH, "log_z_mean": OUTPUT_LOGIT_DIVERGENCE,
+                 "output_logit_mean": OUTPUT_LOGIT_DIVERGENCE, "grad_rms/layers.0.w1": UPDATE_COLLAPSE,
+                 "instability_lr": DIVERGENCE_AT_LR, "lr_sensitivity": DIVERGENCE_AT_LR,
+                 "grid_edge": DIVERGENCE_AT_LR, "regime_change": DIVERGENCE_AT_LR}
+"""Which verdict a warning (``extrapolation``) is a line of: a bend by its quantity, the grid's edge and a regime
+change by the instability LR they undermine."""
 
 
 def _fmt(t: dict[str, Any], sign: float = 1.0) -> str:
@@ -440,7 +461,7 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
     held = sizes[-1]
     fit_rows = unstable(rows.filter(pl.col(N_PARAMS) < held))
     truth = unstable(rows).filter(pl.col(N_PARAMS) == held)
-    out = []
+    out, cases = [], []
     for lr in sorted(set(truth[LR].to_list())):
         f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk, mitigations)
         by_cause = verdicts_by_cause(f["verdicts"])
@@ -450,21 +471,51 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
         measured = table.at_lr(truth, lr)
         for seed, m in zip(seed_keys(measured), measured.iter_rows(named=True)):  # each seed of the held-out size
             m_logit = m["attn_logit_max/0"]
+            cases += [extrapolation.case(c, f["trends"][c], m.get(c), lr=lr, seed=list(seed))
+                      for c in f["trends"] if not m[table.DIVERGED]]
             out.append({"lr": lr, **({"seed": list(seed)} if seed else {}), "predicted_logit": logit.get("value"),
                         "measured_logit": m_logit,
                         "ratio": (logit["value"] / m_logit) if logit["ok"] and m_logit else None,
                         "predicted_unstable": ("likely" in called) if called else None,
                         "unstable": bool(m["unstable"]), "verdicts": {v["cause"]: v["verdict"] for v in f["verdicts"]}})
+    cases += _once_per_size_cases(f, truth)
     calls = [r for r in out if r["predicted_unstable"] is not None]
     tp = sum(r["predicted_unstable"] and r["unstable"] for r in calls)
     fp = sum(r["predicted_unstable"] and not r["unstable"] for r in calls)
     fn = sum((not r["predicted_unstable"]) and r["unstable"] for r in calls)
     ratios = [r["ratio"] for r in out if r["ratio"]]
     law = {c: drift.backtest(rows, c) for c in drift.LAW_COLUMNS}  # the drift law, held out in integrated LR
-    return {"ok": True, "held_out_n": held, "fit_n": sizes[:-1], "rows": out, "drift": law,
+    cases = [c for c in cases if c is not None]
+    return {"ok": True, "held_out_n": held, "fit_n": sizes[:-1], "rows": out, "drift": law, "cases": cases,
+            "coverage": extrapolation.coverage(cases), "warnings": f["warnings"],
             "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
             "verdicts_right": sum(r["predicted_unstable"] == r["unstable"] for r in calls), "verdicts": len(calls),
             "logit_within_2x": sum(1 / 2 <= r <= 2 for r in ratios), "logits": len(ratios)}
+
+
+def _once_per_size_cases(f: dict[str, Any], truth: pl.DataFrame) -> list[dict[str, Any] | None]:
+    """The backtest's cases for the quantities with one value per size and seed: the instability LR and the LR
+    sensitivity of each held-out seed against their bands (``f``: a forecast of the held-out size). A held-out seed
+    that never turns unstable has its instability LR above the grid: outside a band that ends below the grid's
+    largest LR, and not scored otherwise (censored: the band may hold it)."""
+    cases: list[dict[str, Any] | None] = []
+    div, top = f["divergence_lr"], max(truth[LR].to_list())
+    found = {}
+    for _key, part in truth.group_by(table.replicate_columns(truth) or [SIZE], maintain_order=True):
+        lrs = instability_lrs(part)
+        found[seed_keys(part)[0]] = lrs[0][1] if lrs else None
+    for seed in found:
+        measured = found.get(seed)
+        if measured is not None:
+            cases.append(extrapolation.case("instability_lr", div, measured, seed=list(seed)))
+        elif div.get("ok") and div["high"] < top:  # censored above the grid, and the band ends below it
+            cases.append({**extrapolation.case("instability_lr", div, div["high"] * 2, seed=list(seed)),
+                          "measured": None, "inside": False, "censored_above": top})
+    sens = f["lr_sensitivity"]
+    frame = sensitivity_frame(truth, [SIZE])
+    for seed, value in zip(seed_keys(frame), frame["lr_sensitivity"].to_list()):
+        cases.append(extrapolation.case("lr_sensitivity", sens, value, seed=list(seed)))
+    return cases
 
 
 # ---- the command -------------------------------------------------------------------------------------------------------
@@ -502,6 +553,8 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     folder = out / "forecast"
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.forecast_trends(rows, record, folder / "figures" / "trends")  # the fits: in memory only
+    if do_backtest and record["backtest"].get("cases"):
+        figures += plots.calibration(record["backtest"]["cases"], folder / "figures" / "calibration")
     result = ForecastRecord(**record)
     result.write(folder / "forecast.json")
     ExperimentRecord(

@@ -18,6 +18,7 @@ No torch here: the light commands (``list``, ``report``) and the claims import i
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -49,6 +50,29 @@ def t80(df: int) -> float:
     if df < 1:
         raise ValueError(f"a prediction interval needs at least 1 degree of freedom, got {df}")
     return T80[min(df, len(T80)) - 1]
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(q: float, df: int) -> float:
+    """Student's t ``q`` quantile (0.5 < q < 1) with ``df`` degrees of freedom, by bisection on its CDF (the density
+    integrated by the trapezoid rule): for the calibration figure's other levels; ``t80`` is this at q = 0.9."""
+    import numpy as np
+
+    if not 0.5 < q < 1 or df < 1:
+        raise ValueError(f"t_quantile: need 0.5 < q < 1 and df >= 1, got q={q}, df={df}")
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(t: float) -> float:
+        x = np.linspace(0.0, t, 4001)
+        return 0.5 + float(np.trapezoid(c * (1 + x**2 / df) ** (-(df + 1) / 2), x))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        hi *= 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
 
 
 def collapses(grad_rms: float, eps: float) -> bool:
@@ -99,7 +123,7 @@ def separating(rows: pl.DataFrame, column: str, absolute: bool = False) -> tuple
 
 def interval(fit: dict[str, Any], n: float) -> dict[str, float]:
     """The fit (``analysis.fit_log``) at ``n``: ``value`` and its 80% prediction interval ``low``–``high`` (module
-    docstring); ``low``/``high`` are NaN when the fit has no uncertainty estimate (as many points as parameters)."""
+    docstring), with ``scale`` (its standard error in log10) and ``df``; ``low``/``high`` are NaN when the fit has no uncertainty estimate (as many points as parameters)."""
     import numpy as np
 
     lx = math.log10(n)
@@ -108,5 +132,7 @@ def interval(fit: dict[str, Any], n: float) -> dict[str, float]:
     var = float(basis @ np.asarray(fit["cov"]) @ basis) + fit["sigma"] ** 2
     if not math.isfinite(var):
         return {"value": 10**mean, "low": math.nan, "high": math.nan}
-    half = t80(fit["n"] - fit["degree"] - 1) * math.sqrt(var)
-    return {"value": 10**mean, "low": 10 ** (mean - half), "high": 10 ** (mean + half)}
+    df = fit["n"] - fit["degree"] - 1
+    half = t80(df) * math.sqrt(var)
+    return {"value": 10**mean, "low": 10 ** (mean - half), "high": 10 ** (mean + half), "scale": math.sqrt(var),
+            "df": df}

@@ -396,33 +396,67 @@ def prediction(results: pl.DataFrame, path: Path, *, title: str = "", pool: Path
 
 def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> list[Path]:
     """The forecast (``forecast.forecast``): each diagnostic of the ladder against N at the target LR, the power-law
-    fit extended to the target's N, the forecast with its 80% interval, and the threshold it is judged against."""
+    fit extended to the target's N with its 80% band, the forecast with its interval, and the threshold it is
+    judged against. With a backtest in ``record``: the held-out size's forecast (from the smaller sizes, its band
+    as an error bar) and the value it measured (filled diamonds, one per seed)."""
     import numpy as np
 
     n, lr = record["n_target"], record["lr"]
     at = f" at LR {lr:g}"
     panels = [("layer-0 max attention logit", at, record["trends"]["attn_logit_max/0"], record["logit_threshold"],
-               "threshold"),
-              ("|log Z|", at, record["trends"]["log_z_mean"], record["log_z_threshold"], "threshold"),
+               "threshold", "attn_logit_max/0"),
+              ("|log Z|", at, record["trends"]["log_z_mean"], record["log_z_threshold"], "threshold", "log_z_mean"),
               ("gradient RMS, first MLP layer", at, record["trends"]["grad_rms/layers.0.w1"],
                instability.EPS_FACTOR * record["target"]["eps"] if "target" in record else None,
-               f"{instability.EPS_FACTOR:g}·ε"),
-              ("LR where the loss turns unstable", "", record["divergence_lr"], lr, "target LR")]
+               f"{instability.EPS_FACTOR:g}·ε", "grad_rms/layers.0.w1"),
+              ("LR where the loss turns unstable", "", record["divergence_lr"], lr, "target LR", "instability_lr")]
+    cases = (record.get("backtest") or {}).get("cases") or []
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
-    for ax, (label, where, t, limit, limit_name) in zip(axes[0], panels):
+    for ax, (label, where, t, limit, limit_name, quantity) in zip(axes[0], panels):
         pts = t.get("points") or []
         if pts:
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color="C0", label="ladder")
         if t.get("ok"):
             xs = np.geomspace(min(x for x, _ in pts), n, 40)
-            ax.plot(xs, [instability.interval(t["fit"], x)["value"] for x in xs], "-", color="C0", lw=1)
+            band = [instability.interval(t["fit"], x) for x in xs]
+            ax.plot(xs, [b["value"] for b in band], "-", color="C0", lw=1)
+            ax.fill_between(xs, [b["low"] for b in band], [b["high"] for b in band], color="C0", alpha=0.15,
+                            lw=0, label="80% band")
             ax.errorbar([n], [t["value"]], yerr=[[t["value"] - t["low"]], [t["high"] - t["value"]]], fmt="s",
                         mfc="none", color="C3", label="forecast (80%)")
         else:
             ax.text(0.5, 0.5, "cannot forecast:\n" + t.get("why", ""), transform=ax.transAxes, ha="center",
                     fontsize=7, wrap=True)
+        held = [c for c in cases if c["quantity"] == quantity and (c.get("lr") is None or c["lr"] == lr)]
+        if held:
+            hn = record["backtest"]["held_out_n"]
+            c0 = held[0]
+            ax.errorbar([hn], [c0["value"]], yerr=[[c0["value"] - c0["low"]], [c0["high"] - c0["value"]]], fmt="s",
+                        mfc="none", color="C2", label="backtest forecast (80%)")
+            measured = [c["measured"] for c in held if c.get("measured")]
+            ax.plot([hn] * len(measured), measured, "D", color="C2", ms=5, label="held-out size, measured")
         if limit:
             ax.axhline(limit, ls="--", color="grey", lw=1, label=f"{limit_name} {limit:.3g}")
         ax.axvline(n, ls=":", color="black", lw=0.8)
         _style(ax, "non-embedding parameters N (dotted: target)", label, label + where, logy=True, legend=6)
+    return _save(fig, path)
+
+
+def calibration(cases: list[dict[str, Any]], path: Path) -> list[Path]:
+    """Nominal against observed coverage of the backtest's bands (``extrapolation.calibration``): a calibrated
+    forecast lies on the diagonal; below it, the bands are too narrow."""
+    from .extrapolation import calibration as observed
+
+    points = observed(cases)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="calibrated")
+    ax.plot([p for p, _, _ in points], [o for _, o, _ in points], "o-", color="C0",
+            label=f"observed ({points[0][2] if points else 0} held-out cases)")
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("nominal coverage of the band")
+    ax.set_ylabel("held-out values inside it")
+    ax.set_title("forecast calibration (backtest)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, path)

@@ -146,7 +146,9 @@ class ForecastRecord:
     """``DIR/forecast/forecast.json``: the forecast of one target run from a proxy ladder (``forecast.forecast``):
     each diagnostic's trend and its value at the target's N with an 80% interval (``trends``: ``{column: {ok, value,
     low, high, points, ...}}`` or ``{ok: false, why}``), the divergence LR and LR-sensitivity trends, the thresholds
-    judged against, one verdict per cause, and what was forecast from what."""
+    judged against, one verdict per cause, the warnings where the extrapolation breaks (``extrapolation``: a bend,
+    the grid's edge, a regime change), and what was forecast from what; under ``--backtest`` the held-out size's
+    score, with every scored case and its coverage (``backtest.cases``, ``backtest.coverage``)."""
 
     n_target: float
     lr: float
@@ -158,6 +160,7 @@ class ForecastRecord:
     logit_threshold_source: str = ""
     log_z_threshold: float | None = None
     drift: dict[str, Any] = field(default_factory=dict)  # forecast.drift_forecast: the drift law at the target's clock
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # extrapolation: {kind, text, ...} where it breaks
     target: dict[str, Any] = field(default_factory=dict)
     ladder: dict[str, Any] = field(default_factory=dict)
     backtest: dict[str, Any] | None = None
