@@ -66,8 +66,24 @@ def timed(device: torch.device, step, warmup: int, steps: int) -> tuple[float, f
     return seconds, peak
 
 
-def proxyscale_case(shape, members: list[float], log_every: int, args, device) -> tuple[float, float, int]:
-    """(tokens/s, peak GiB, micro-batch) of a proxyscale group; ``log_every`` 0 = never logged after step 0."""
+SWITCHES = {  # the post-paper switches (README: Beyond the paper), as config overrides of a group
+    "attention soft-cap 50": {"model": {"attn_softcap": 50.0}},
+    "final soft-cap 30": {"model": {"final_softcap": 30.0}},
+    "QK-clip τ 100": {"optim": {"qk_clip": 100.0}},
+    "Muon": {"optim": {"optimizer": "muon"}},
+    "Adam-atan2": {"optim": {"optimizer": "adam_atan2"}},
+    "ZClip 2.5": {"optim": {"zclip": 2.5}},
+    "CompleteP (depth_alpha 1)": {"model": {"depth_alpha": 1.0}},
+    "QKV-layernorm": {"model": {"qkv_layernorm": True}},
+    "reordered norm": {"model": {"norm_placement": "reordered"}},
+}
+"""Each switch's cost is a K=7 group with it on against the same group with it off (``--switches``)."""
+
+
+def proxyscale_case(shape, members: list[float], log_every: int, args, device,
+                    switch: dict | None = None) -> tuple[float, float, int]:
+    """(tokens/s, peak GiB, micro-batch) of a proxyscale group; ``log_every`` 0 = never logged after step 0;
+    ``switch``: config sections merged over the group's (a post-paper switch on)."""
     d, depth, seq, batch, vocab = shape
     rng = np.random.default_rng(0)
     data = TokenData(rng.integers(0, vocab, 1 << 20).astype(np.int64), rng.integers(0, vocab, 1 << 16).astype(np.int64),
@@ -78,6 +94,8 @@ def proxyscale_case(shape, members: list[float], log_every: int, args, device) -
            "train": {"steps": 10_000, "log_every": log_every or 10_000, "device": args.device,
                      "threads": args.threads, "compile": args.compile},
            "members": {"lr": members}}
+    for section, fields in (switch or {}).items():
+        raw.setdefault(section, {}).update(fields)
     run = GroupRun(config.from_dict(raw), Path("/nonexistent"), data=data)
     run.start(l0=1e9)  # a stand-in ℓ0: no evaluation, no divergence check
     seconds, peak = timed(device, run.step, args.warmup, args.steps)
@@ -144,7 +162,16 @@ def main() -> None:
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="proxyscale's train.compile")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--no-diagnostics", action="store_true", help="skip the log_every 1/10 measurement")
+    ap.add_argument("--switches", action="store_true",
+                    help="instead: each post-paper switch's time per step (K=7 group, on ÷ off) at the laptop "
+                         "scale's d32 / d64 / d96 shapes")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the suite's check that it runs: one step of the smallest laptop shape, no compiled "
+                         "reference, no diagnostics (with --switches: every switch at d32)")
     args = ap.parse_args()
+    if args.smoke:
+        args.shapes, args.widths, args.steps, args.warmup, args.repeats = ["laptop"], [32], 1, 1, 1
+        args.no_diagnostics, args.compile = True, "off"
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +187,8 @@ def main() -> None:
           f"proxyscale compile {'on' if compiled else 'off'}, best of {args.repeats} interleaved repeats of "
           f"{args.steps} timed steps after {args.warmup}"
           + (f", measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""), flush=True)
+    if args.switches:
+        return switch_costs(args, device)
     head = ("| shape (d, L, T, B, V) | proxyscale K=1 | K=7 group | reference eager | reference compiled "
             "| K=1 ÷ ref. compiled | group ÷ 7 seq. K=1 | group ÷ 7 seq. ref. compiled | micro-batch K=7 |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -183,7 +212,7 @@ def main() -> None:
                 continue
             cases = {"k1": (proxyscale_case, shape, LRS[3:4], 0), "k7": (proxyscale_case, shape, LRS, 0),
                      "ref_e": (reference_case, shape, False, shape_precision(shape, device)),
-                     "ref_c": (reference_case, shape, True, shape_precision(shape, device))}
+                     "ref_c": (reference_case, shape, not args.smoke, shape_precision(shape, device))}
             best: dict = {}
             for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every case
                 for name, (fn, *rest) in cases.items():
@@ -219,6 +248,29 @@ def main() -> None:
         print("\nCost of diagnostics, K=7 group (time per step vs an unlogged run):\n")
         print("| shape (d, L, T, B, V) | log_every 10 | log_every 1 |\n|---|---|---|")
         print("\n".join(diag_rows))
+
+
+def switch_costs(args, device) -> None:
+    """The table of ``--switches``: per switch and shape, time per step with it on ÷ with it off, the K=7 group,
+    every case interleaved with its baseline (best of ``--repeats``)."""
+    shapes = [s for s in SHAPES["laptop"] if s[0] in (args.widths or (32, 64, 96))]
+    head = "| switch | " + " | ".join(f"d{s[0]}-L{s[1]} (K=7)" for s in shapes) + " |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    seconds: dict[tuple[str, int], float] = {}
+    for _ in range(args.repeats):
+        for shape in shapes:
+            for name, switch in {"off": None, **SWITCHES}.items():
+                result = guard(proxyscale_case, shape, LRS, 0, args, device, switch)
+                if result is not None:
+                    seconds[name, shape[0]] = min(seconds.get((name, shape[0]), float("inf")), 1 / result[0])
+    base = {s[0]: seconds.get(("off", s[0])) for s in shapes}
+    rows.append("| off (ms a step) | " + " | ".join(
+        f"{1e3 * base[s[0]] * s[2] * s[3] * len(LRS):.1f}" if base[s[0]] else "–" for s in shapes) + " |")
+    for name in SWITCHES:
+        rows.append(f"| {name} | " + " | ".join(
+            f"{seconds[name, s[0]] / base[s[0]]:.2f}x" if (name, s[0]) in seconds and base[s[0]] else "–"
+            for s in shapes) + " |")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -61,17 +61,22 @@ def variant(name: str, folder: Path) -> tuple[dict, GroupConfig]:
     return sweep.merge(forecast.ladder_spec(target, scale), {"base": {"train": {"seed": seed}}}), target
 
 
-def score(name: str, out: Path, workers: int | None) -> dict:
-    """Train (or reuse) the variant's ladder and backtest the forecast on its largest size."""
+def score(name: str, out: Path, workers: int | None, band: str | None = None) -> dict:
+    """Train (or reuse) the variant's ladder and backtest the forecast on its largest size, its bands built as
+    ``band`` says (``forecast.BANDS``; default the forecast's)."""
     spec, target = variant(name, out / "targets")
     results = sweep.run_sweep(spec, out / "ladders" / name, pool=out / "groups", workers=workers)
     o = target.optim
     return forecast.backtest(results, o.eps, o.z_loss, o.weight_decay, target.model.qk_layernorm,
-                             forecast.mitigations_of(target))
+                             forecast.mitigations_of(target), band=band)
 
 
 def _pct(c: dict) -> str:
     return "–" if not c["cases"] else f"{c['inside']}/{c['cases']} ({c['fraction']:.0%})"
+
+
+def _label(q: str) -> str:
+    return extrapolation.QUANTITIES[q].replace("|", "\\|")  # a markdown table cell
 
 
 def main() -> None:
@@ -87,13 +92,15 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"--only: unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
+    print(f"bands built as {forecast.BAND!r} (forecast.BAND)\n")
     print("| ladder (largest size held out) | scale | verdicts right | precision / recall | logit within 2× "
           "| inside the 80% band | warnings |")
     print("|---|---|---|---|---|---|---|")
     right = total = 0
-    cases: list[dict] = []
+    cases: dict[str, list[dict]] = {band: [] for band in forecast.BANDS}
     for name in names:
-        bt = score(name, args.out, args.workers)
+        scored = {band: score(name, args.out, args.workers, band) for band in forecast.BANDS}
+        bt = scored[forecast.BAND]
         if not bt["ok"]:
             print(f"| {VARIANTS[name][0]} | {VARIANTS[name][4]} | cannot backtest: {bt['why']} |||||")
             continue
@@ -103,23 +110,26 @@ def main() -> None:
               f"{bt['logit_within_2x']}/{bt['logits']} | {_pct(bt['coverage']['overall'])} | "
               f"{', '.join(kinds) or '–'} |", flush=True)
         right, total = right + bt["verdicts_right"], total + bt["verdicts"]
-        cases += [{**c, "ladder": name, "tuning": name in TUNING, "seed": str(c.get("seed")),
-                   "lr": c.get("lr")} for c in bt["cases"]]
-    print(f"\n{right} of {total} verdicts right over {len(names)} ladders; {len(cases)} held-out cases\n")
-    every = extrapolation.coverage(cases)
-    held = extrapolation.coverage([c for c in cases if not c["tuning"]])
-    print("| quantity | inside its 80% band: all ladders | ladders not tuned on |")
-    print("|---|---|---|")
-    for q, label in extrapolation.QUANTITIES.items():
-        a = every["per_quantity"].get(q, {"cases": 0})
-        b = held["per_quantity"].get(q, {"cases": 0})
-        print(f"| {label} | {_pct(a)} | {_pct(b)} |")
-    print(f"| **overall** | {_pct(every['overall'])} | {_pct(held['overall'])} |")
-    print("\ncalibration (nominal → observed, all ladders): " + ", ".join(
-        f"{lvl:.0%} → {obs:.0%}" for lvl, obs, _ in extrapolation.calibration(cases)))
+        for band, b in scored.items():
+            cases[band] += [{**c, "band": band, "ladder": name, "ladder_scale": VARIANTS[name][4], "tuning": name in TUNING,
+                             "seed": str(c.get("seed")), "lr": c.get("lr")} for c in b["cases"]]
+    every = cases[forecast.BAND]
+    print(f"\n{right} of {total} verdicts right over {len(names)} ladders; {len(every)} held-out cases\n")
+    heads = [(band, part) for band in forecast.BANDS for part in ("tuning", "not tuned on")]
+    cov = {(band, part): extrapolation.coverage([c for c in cases[band] if c["tuning"] == (part == "tuning")])
+           for band, part in heads}
+    print("| quantity | " + " | ".join(f"band `{b}`: {p}" for b, p in heads) + " |")
+    print("|---|" + "---|" * len(heads))
+    for q in extrapolation.QUANTITIES:
+        print(f"| {_label(q)} | " + " | ".join(_pct(cov[h]["per_quantity"].get(q, {"cases": 0})) for h in heads)
+              + " |")
+    print("| **overall** | " + " | ".join(_pct(cov[h]["overall"]) for h in heads) + " |")
+    for band in forecast.BANDS:
+        print(f"\ncalibration, band `{band}` (nominal → observed, all ladders): " + ", ".join(
+            f"{lvl:.0%} → {obs:.0%}" for lvl, obs, _ in extrapolation.calibration(cases[band])))
     if args.cases:
         args.cases.parent.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame([{k: v for k, v in c.items() if k != "censored_above"} for c in cases],
+        pl.DataFrame([{k: v for k, v in c.items() if k != "censored_above"} for band in cases for c in cases[band]],
                      infer_schema_length=None).write_parquet(args.cases)
 
 

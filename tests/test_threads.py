@@ -64,19 +64,42 @@ def test_free_cores_sees_a_cpu_bound_process():
     assert loaded <= quiet - 0.6, (quiet, loaded)
 
 
-def test_the_cli_sets_a_passive_openmp_wait_policy_before_torch_starts():
+def test_the_wait_policy_follows_the_load_quiet_spins_busy_sleeps():
+    """Issue 25: OpenMP's default wait on a quiet machine, PASSIVE on a busy one or one whose load is unknown."""
+    quiet = {"GOMP_SPINCOUNT": "10000"}  # a bounded spin, then sleep
+    assert threads.wait_policy(2.0, 2) == quiet and threads.wait_policy(1.6, 2) == quiet  # quiet (a little noise)
+    assert threads.wait_policy(1.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}  # one core busy with other work
+    assert threads.wait_policy(0.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert threads.wait_policy(None, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}  # unmeasurable: the safe side
+
+
+def test_the_cli_sets_the_wait_policy_before_torch_starts():
     code = ("import os, sys\nos.environ.pop('OMP_WAIT_POLICY', None)\nimport proxyscale.cli\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'))")
+            "before = os.environ.get('OMP_WAIT_POLICY')\n"
+            "proxyscale.cli.main(['list'])\n"  # a command that trains nothing: the load is not measured
+            "print(before, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["PASSIVE"]
+    assert out[-3:] == ["None", "PASSIVE", "False"]  # set by main, not at import; torch not yet loaded
+    keep = code.replace("os.environ.pop('OMP_WAIT_POLICY', None)\n", "")
     env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice is kept
-    out = subprocess.run([sys.executable, "-c", code.replace("os.environ.pop('OMP_WAIT_POLICY', None)\n", "")],
-                         capture_output=True, text=True, check=True, env=env).stdout.split()
-    assert out == ["ACTIVE"]
+    out = subprocess.run([sys.executable, "-c", keep], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split()[-3:-1] == ["ACTIVE", "ACTIVE"]
     env = {**os.environ, "OMP_WAIT_POLICY": ""}  # empty: OpenMP's own default, the variable removed
-    out = subprocess.run([sys.executable, "-c", code.replace("os.environ.pop('OMP_WAIT_POLICY', None)\n", "")],
-                         capture_output=True, text=True, check=True, env=env).stdout.split()
-    assert out == ["None"]
+    out = subprocess.run([sys.executable, "-c", keep], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split()[-2] == "None"
+
+
+def test_set_wait_policy_applies_the_choice_for_the_measured_load(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.set_wait_policy(2.0) == {"GOMP_SPINCOUNT": "10000"}  # quiet
+    assert "OMP_WAIT_POLICY" not in os.environ and os.environ["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    assert threads.set_wait_policy(0.9) == {"OMP_WAIT_POLICY": "PASSIVE"}  # busy
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert threads.set_wait_policy(2.0) == {}  # once set (by the user or before), it is kept
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_auto_threads_group_records_the_threads_it_took(tmp_path, make_raw):

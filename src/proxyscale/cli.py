@@ -22,8 +22,6 @@ from rich.table import Table
 
 from . import threads
 
-threads.set_wait_policy()  # before anything imports torch: OpenMP reads it once, at start (threads.py)
-
 from . import config as config_mod  # noqa: E402
 from .callbacks import Callback  # noqa: E402
 from . import store  # noqa: E402
@@ -504,6 +502,10 @@ def _interrupted_code() -> int:
     return 128 + (_SIGNAL[0] if _SIGNAL else signal.SIGINT)
 
 
+TRAINING_COMMANDS = ("cmd_train", "cmd_sweep", "cmd_reproduce", "cmd_forecast")
+"""The commands whose OpenMP wait policy follows the machine's load at start (``threads.set_wait_policy``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     parser = build_parser()
@@ -511,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad argument (2, already said in one line)
         return int(exit_.code or 0)
+    # before anything imports torch (OpenMP reads it once, at start): commands that train measure the free cores
+    trains = args.func.__name__ in TRAINING_COMMANDS and not getattr(args, "plan", False)
+    threads.set_wait_policy(threads.free_cores() if trains else None)
     try:
         return args.func(args)
     except ConfigError as err:

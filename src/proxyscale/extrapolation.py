@@ -101,6 +101,28 @@ def calibration(cases: Iterable[dict[str, Any] | None],
     return out
 
 
+# ---- how far the line misses sizes it did not see ----------------------------------------------------------------
+
+def loso_rate(points: list[tuple[float, float]]) -> float | None:
+    """How fast a power law through the ladder misses sizes it did not see, in log10 per decade of N: each end size
+    (the smallest and the largest) predicted by the line through the other sizes, its miss (against that size's
+    mean log value) over the distance extrapolated, and the root-mean-square of the two rates. None with fewer than
+    three sizes (a line through one size cannot extrapolate)."""
+    import numpy as np
+
+    sizes = sorted({x for x, _ in points})
+    if len(sizes) < 3:
+        return None
+    rates = []
+    for held, nearest in ((sizes[0], sizes[1]), (sizes[-1], sizes[-2])):
+        rest = [(x, y) for x, y in points if x != held]
+        fit = fit_log([x for x, _ in rest], [y for _, y in rest], 1)
+        mean = float(np.mean([math.log10(y) for x, y in points if x == held]))
+        miss = float(np.polyval(fit["coef"], math.log10(held))) - mean
+        rates.append(miss / abs(math.log10(held / nearest)))
+    return float(np.sqrt(np.mean(np.square(rates))))
+
+
 # ---- the trend bends -------------------------------------------------------------------------------------------------
 
 def _loso_error(points: list[tuple[float, float]], degree: int) -> float | None:

@@ -36,7 +36,7 @@ from .seeds import count, seed_keys
 from .table import replicate_columns
 from .config import ConfigError, GroupConfig
 from .experiments import FORECAST_LADDERS
-from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, threshold, unstable
+from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, t80, threshold, unstable
 from .model import count_params
 from .plan import vocab_size
 from .records import (
@@ -178,8 +178,39 @@ def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | N
 
 # ---- fits ----------------------------------------------------------------------------------------------------------
 
-def trend(points: list[tuple[float, float]], n: float) -> dict[str, Any]:
-    """Power-law fit of |value| against N through ``points`` [(N, value)], forecast at ``n``; or why not."""
+BANDS = ("fit", "loso", "pooled")
+"""How a trend's 80% band is built: ``fit``, the fit's own prediction interval (``instability.interval``:
+parameter covariance plus residual scatter, Student's t); ``loso``, that and the line's leave-one-size-out miss
+(``extrapolation.loso_rate``, per decade) carried over the distance from the largest size to the target, added
+in quadrature as a normal term (``LOSO_Z``); ``pooled``, the fit's interval with the residual scatter pooled over
+every LR of the ladder (``pooled_scatter``: one power law per LR, their residual variances pooled, their degrees of
+freedom summed), so three sizes that happen to fall on a line at one LR do not make its band nearly zero wide."""
+BAND = "fit"
+"""The band the forecast uses (``BANDS``): chosen on the tuning ladders of ``examples/forecast_validation.py``."""
+LOSO_Z = 1.2816
+"""The normal 0.9 quantile: the leave-one-size-out term's half-width in units of its rate × reach."""
+
+
+def pooled_scatter(rows: pl.DataFrame, column: str) -> tuple[float, int] | None:
+    """(σ, degrees of freedom) of the power laws of ``column`` against N fitted at every LR of ``rows`` with at least
+    three sizes: their residual variances pooled (Σ RSS / Σ df, in log10); None when no LR has a residual."""
+    rss = df = 0.0
+    for lr in sorted(set(rows[LR].to_list())):
+        good = [(x, abs(y)) for x, y in at_lr_points(rows, column, lr)
+                if y is not None and math.isfinite(y) and y != 0]
+        if len(good) < 3:
+            continue
+        fit = fit_log([x for x, _ in good], [y for _, y in good], 1)
+        if math.isfinite(fit["sigma"]):
+            rss, df = rss + fit["sigma"] ** 2 * (fit["n"] - 2), df + fit["n"] - 2
+    return (math.sqrt(rss / df), int(df)) if df else None
+
+
+def trend(points: list[tuple[float, float]], n: float, band: str | None = None,
+          pooled: tuple[float, int] | None = None) -> dict[str, Any]:
+    """Power-law fit of |value| against N through ``points`` [(N, value)], forecast at ``n`` with an 80% band built
+    as ``band`` says (``BANDS``; default ``BAND``; ``pooled``: the ladder's ``pooled_scatter`` for this quantity);
+    or why not."""
     good = [(x, abs(y)) for x, y in points if y is not None and math.isfinite(y) and y != 0]
     if len(good) < 3:
         return {"ok": False, "why": f"{len(good)} sizes with a value; a trend with an interval needs 3",
@@ -188,6 +219,21 @@ def trend(points: list[tuple[float, float]], n: float) -> dict[str, Any]:
     b = interval(fit, n)
     if not math.isfinite(b["low"]):
         return {"ok": False, "why": "the fit has no residual to estimate an interval from", "points": good}
+    if (band or BAND) == "pooled" and pooled is not None and fit["sigma"] > 0:
+        import numpy as np
+
+        sigma, df = pooled
+        lx = math.log10(n)
+        basis = np.array([lx, 1.0])
+        var = float(basis @ (np.asarray(fit["cov"]) / fit["sigma"] ** 2) @ basis) * sigma**2 + sigma**2
+        half, centre = t80(df) * math.sqrt(var), math.log10(b["value"])
+        b = {**b, "low": 10 ** (centre - half), "high": 10 ** (centre + half), "scale": math.sqrt(var), "df": df}
+    if (band or BAND) == "loso" and (rate := extrapolation.loso_rate(good)) is not None:
+        reach = max(0.0, math.log10(n / max(x for x, _ in good)))
+        half = math.hypot(t80(b["df"]) * b["scale"], LOSO_Z * rate * reach)
+        centre = math.log10(b["value"])
+        b = {**b, "low": 10 ** (centre - half), "high": 10 ** (centre + half), "scale": half / t80(b["df"]),
+             "loso_rate": rate}
     sign = -1.0 if sum(1 for _, y in points if y is not None and y < 0) > len(good) / 2 else 1.0
     return {"ok": True, "fit": fit, "slope": fit["coef"][0], "sign": sign, "points": good, **b}
 
@@ -233,15 +279,15 @@ def at_lr_points(rows: pl.DataFrame, column: str, lr: float) -> list[tuple[float
 def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss: float, weight_decay: float,
              qk_layernorm: str, mitigations: dict[str, Any] | None = None,
              clock: dict[str, Any] | None = None,
-             curves: dict[tuple[str, int], pl.DataFrame] | None = None) -> dict[str, Any]:
+             curves: dict[tuple[str, int], pl.DataFrame] | None = None, band: str | None = None) -> dict[str, Any]:
     """Forecast the run of size ``n_target`` at LR ``lr`` from the ladder ``rows`` (results table with ``unstable``);
     ``mitigations`` (``mitigations_of``): the post-paper ones the target (and so the ladder) uses; ``clock``
     (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read; ``curves``
     (``table.curves``): the ladder's per-step metrics, along which the drift law runs (``drift_forecast``)."""
     mitigations = mitigations or {}
-    trends = {c: trend(at_lr_points(rows, c, lr), n_target)
+    trends = {c: trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c))
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
-    div = trend(instability_lrs(rows), n_target)
+    div = trend(instability_lrs(rows), n_target, band)
     regime = extrapolation.regime_change(rows)
     if regime and div["ok"]:  # a power law across sizes that do and do not turn unstable: no point forecast
         div = {"ok": False, "why": regime["text"], "points": div["points"]}
@@ -251,7 +297,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
             its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
             div["why"] += (f"; {', '.join(calm)} stayed stable at every LR above {its} best, so {its} instability "
                            f"{lie} above {max(rows[LR].to_list()):g}: add higher LRs to see it")
-    sens = trend(sensitivities(rows), n_target)
+    sens = trend(sensitivities(rows), n_target, band)
     logit_thr = threshold(rows, "attn_logit_max/0")
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
@@ -265,7 +311,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     warnings += [w for c, b in bends.items() if (w := extrapolation.bend_warning(c, b, where.get(c, "")))]
     verdicts = [
         _attention_verdict(trends["attn_logit_max/0"], logit_thr, logit_thr_src, lr, rows, n_target, qk_layernorm,
-                           mitigation_evidence(rows, lr, mitigations)),
+                           mitigation_evidence(rows, lr, mitigations), band),
         _output_verdict(trends["log_z_mean"], trends["output_logit_mean"], logz_thr, z_loss, weight_decay, law),
         _eps_verdict(trends["grad_rms/layers.0.w1"], eps, mitigations.get("optimizer", "adamw")),
         _divergence_verdict(div, lr),
@@ -311,14 +357,15 @@ def _level(value: float, low: float, high: float, limit: float, above: bool) -> 
 
 
 def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows: pl.DataFrame, n: float,
-                       qk: str, evidence: list[str] | None = None) -> dict[str, Any]:
+                       qk: str, evidence: list[str] | None = None, band: str | None = None) -> dict[str, Any]:
     cause = ATTENTION_LOGIT_GROWTH
     if not t["ok"]:
         return _cannot(cause, t)
+    pooled = pooled_scatter(rows, "attn_logit_max/0") if (band or BAND) == "pooled" else None
     notes = "".join(f"; {e}" for e in evidence or [])
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
     safe = [x for x in sorted(set(rows[LR].to_list()))
-            if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n))["ok"] and tt["high"] < thr]
+            if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n, band, pooled))["ok"] and tt["high"] < thr]
     advice = []
     if level != "unlikely":
         if qk == "off":
@@ -451,7 +498,7 @@ def _divergence_verdict(t: dict[str, Any], lr: float) -> dict[str, Any]:
 # ---- backtest ----------------------------------------------------------------------------------------------------------
 
 def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float, qk: str,
-             mitigations: dict[str, Any] | None = None) -> dict[str, Any]:
+             mitigations: dict[str, Any] | None = None, band: str | None = None) -> dict[str, Any]:
     """Hold out the largest size, forecast it from the others at every LR, compare with what it did: with seeds,
     one forecast per LR (fitted through every seed of the smaller sizes) scored against each seed of the held-out
     size, so the score counts the seed noise too."""
@@ -463,7 +510,7 @@ def backtest(rows: pl.DataFrame, eps: float, z_loss: float, weight_decay: float,
     truth = unstable(rows).filter(pl.col(N_PARAMS) == held)
     out, cases = [], []
     for lr in sorted(set(truth[LR].to_list())):
-        f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk, mitigations)
+        f = forecast(fit_rows, held, lr, eps, z_loss, weight_decay, qk, mitigations, band=band)
         by_cause = verdicts_by_cause(f["verdicts"])
         att, div = by_cause[ATTENTION_LOGIT_GROWTH], by_cause[DIVERGENCE_AT_LR]
         called = [v["verdict"] for v in (att, div) if v["verdict"] != "cannot forecast"]

@@ -20,8 +20,9 @@ import os
 import time
 
 WAIT_POLICY_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""Environment set before torch starts unless the user set it: idle OpenMP threads sleep instead of spinning, which
-is what collapses a multi-threaded run on a busy machine (see the module doc)."""
+"""Environment set before torch starts on a busy machine (or one whose load cannot be read) unless the user set it:
+idle OpenMP threads sleep instead of spinning, which is what collapses a multi-threaded run on a busy machine (see
+the module doc). On a quiet machine nothing is set: OpenMP's default (libgomp spins a bounded while, then sleeps)."""
 
 SAMPLE_SECONDS = 0.25
 """How long ``free_cores`` watches /proc/stat."""
@@ -29,16 +30,39 @@ SAMPLE_SECONDS = 0.25
 RECHECK_SECONDS = 10.0
 """How often a training run re-measures the free cores and adjusts its threads (``Rebalancer``)."""
 
+QUIET_ENV = {"GOMP_SPINCOUNT": "10000"}
+"""Environment set before torch starts on a quiet machine unless the user set a wait policy: idle OpenMP threads spin
+a bounded while (10,000 iterations, libgomp's default is 300,000) before they sleep, so the next parallel region
+finds them awake (see the module doc for what was measured)."""
 
-def set_wait_policy() -> None:
-    """Set ``WAIT_POLICY_ENV`` in this process's environment (inherited by the workers it spawns) unless the user
-    chose a value; an empty value (``OMP_WAIT_POLICY=``) means OpenMP's own default and is removed (OpenMP would
-    warn about it). A no-op once OpenMP has started, so call it before importing torch."""
-    for name, value in WAIT_POLICY_ENV.items():
+QUIET_MARGIN = 0.5
+"""A machine is *quiet* when at most this many cores are busy with other work at start (``wait_policy``)."""
+
+
+def wait_policy(free: float | None, cores: int) -> dict[str, str]:
+    """The environment to set before torch starts, given ``free`` cores of the ``cores`` this process may use:
+    ``QUIET_ENV`` on a quiet machine (a bounded spin, then sleep), ``WAIT_POLICY_ENV`` on a busy one or when the load cannot be
+    measured (the busy-machine collapse costs 2x and more; the quiet-machine cost of sleeping threads is smaller)."""
+    if free is not None and free >= cores - QUIET_MARGIN:
+        return dict(QUIET_ENV)
+    return dict(WAIT_POLICY_ENV)
+
+
+def set_wait_policy(free: float | None = None) -> dict[str, str]:
+    """Set ``wait_policy(free, usable_cores())`` in this process's environment (inherited by the workers it spawns)
+    unless the user chose a value; an empty value (``OMP_WAIT_POLICY=``) means OpenMP's own default and is removed
+    (OpenMP would warn about it). A no-op once OpenMP has started, so call it before importing torch. Returns what
+    it set."""
+    chosen = {}
+    for name in (*WAIT_POLICY_ENV, *QUIET_ENV):  # the user's choice of either is kept
         if os.environ.get(name) == "":
             del os.environ[name]
-        else:
-            os.environ.setdefault(name, value)
+            return {}
+        if name in os.environ:
+            return {}
+    chosen = wait_policy(free, usable_cores())
+    os.environ.update(chosen)
+    return chosen
 
 
 def usable_cores() -> int:
