@@ -1,19 +1,31 @@
 """CPU threads on a shared machine: how many torch threads a group gets, and how idle OpenMP threads wait.
 
-Two facts measured on this project's 2-core machines (issue 14 §5) decide the policy:
+Facts measured on this project's 2-core machines decide the policy:
 
-- OpenMP threads that *spin* while waiting collapse when the cores are oversubscribed: ``proxyscale train
-  examples/lr_grid.yaml`` took 16.9 s alone with 2 threads, but 53.0 s beside one CPU-bound process with 2
+- OpenMP threads that *spin* while waiting collapse when the cores are oversubscribed (issue 14 §5): ``proxyscale
+  train examples/lr_grid.yaml`` took 16.9 s alone with 2 threads, but 53.0 s beside one CPU-bound process with 2
   threads, 28.2 s with 2 threads under ``OMP_WAIT_POLICY=PASSIVE`` and 24.9 s with 1 thread.
-- So a run must (1) not spin: the wait policy is set before torch starts (``set_wait_policy``, called by the CLI
-  before anything imports torch; OpenMP reads it once, when it starts), and (2) use no more threads than the cores
-  that are actually free (``choose``), measured from /proc/stat over a short window with this process's own CPU
-  time taken out, and checked again while it trains (``Rebalancer``), so a run degrades in proportion to the cores
-  it gets.
+- Threads that *sleep* cost a quiet machine dearly (issue 25): one member (K = 1) at d64-L2, batch 16 x 128, 2
+  threads ran at 0.71x the reference loop under PASSIVE, 1.11x with a spin (libgomp's default 300,000 iterations
+  or a bounded 10,000), 0.90x vs 1.06-1.08x at d128-L2 (``benchmarks/busy_machine.py``, commit 888bf85, 2 quiet
+  AVX512-BF16 cores without AMX, best of 5 processes each).
+- So (1) the wait policy follows the load measured before torch starts (``set_wait_policy``, called by the CLI's
+  ``main`` for the commands that train; OpenMP reads it once, when it starts): on a quiet machine a bounded spin
+  (``QUIET_ENV``: ``GOMP_SPINCOUNT=10000``), on a busy one, or where the load cannot be read, ``PASSIVE``
+  (``WAIT_POLICY_ENV``); and (2) a run uses no more threads than the cores that are actually free (``choose``),
+  measured from /proc/stat over a short window with this process's own CPU time taken out, and checked again while
+  it trains (``Rebalancer``). A run that started on a quiet machine and spins is therefore safe once load arrives:
+  within ``RECHECK_SECONDS`` it drops to the cores it gets, and a single thread has no team to spin for.
+- Why this one won (same benchmark and commit, ``proxyscale train examples/lr_grid.yaml`` 300 steps, wall time
+  beside one CPU-bound process / beside a second run ÷ alone with 1 thread): this policy 1.07 / 1.21 and K = 1
+  at 1.08x / 1.11x the reference at d64 / d128; PASSIVE always 1.03 / 1.15 but 0.71x / 0.90x quiet; OpenMP's
+  default always 1.04 / 1.03 and 1.11x / 1.06x quiet, but only because the Rebalancer drops to one thread: two
+  runs that start together on 2 cores each see the other's load late, and with 300,000-iteration spins issue 14
+  measured 14x (295.6 s vs 20.9 s); ``ACTIVE`` (an unbounded spin) 1.70x beside a second run. The bounded spin
+  keeps the quiet speed and caps what a spinning thread can steal while the Rebalancer catches up.
 
 Nothing here imports torch: it must run before torch loads.
 """
-
 from __future__ import annotations
 
 import os
