@@ -141,8 +141,11 @@ def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkey
     assert "fit" not in json.loads((tmp_path / "o" / "forecast" / "forecast.json").read_text())["trends"].get(
         "attn_logit_max/0", {})  # the fits stay in memory
     assert math.isfinite(rec.n_target) and (tmp_path / "o" / "forecast" / "figures" / "trends.png").exists()
+    assert (tmp_path / "o" / "forecast" / "figures" / "calibration.png").exists()  # the report's calibration figure
+    assert rec.backtest["coverage"]["overall"]["cases"] == len(rec.backtest["cases"]) > 0
+    assert "inside their 80% bands" in out and isinstance(rec.warnings, list)
     page = (tmp_path / "o" / "report.html").read_text()
-    assert "Forecast: d512-L8" in page and "attention-logit growth" in page
+    assert "Forecast: d512-L8" in page and "attention-logit growth" in page and "calibration" in page
 
 
 def test_t80_is_students_t_quantile():

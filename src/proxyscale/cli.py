@@ -348,13 +348,19 @@ def backtest_table(bt: dict) -> Table | str:
     if not bt.get("ok"):
         return f"backtest: cannot be made: {bt['why']}"
     table = Table(title=f"backtest: N = {bt['held_out_n']:,} held out, fitted on {len(bt['fit_n'])} smaller sizes")
-    for head in ("LR", "logit forecast", "logit measured", "ratio", "forecast", "measured"):
+    for head in ("LR", "logit forecast", "logit measured", "ratio", "forecast", "measured", "inside its 80% band"):
         table.add_column(head, justify="right")
+    short = {"attn_logit_max/0": "logit", "grad_rms/layers.0.w1": "grad RMS", "log_z_mean": "log Z",
+             "output_logit_mean": "mean logit"}
     for r in bt["rows"]:
         called = "–" if r["predicted_unstable"] is None else "unstable" if r["predicted_unstable"] else "stable"
+        mine = [c for c in bt.get("cases") or [] if c.get("lr") == r["lr"] and c.get("seed") == r.get("seed", [])]
+        outside = [short.get(c["quantity"], c["quantity"]) for c in mine if not c["inside"]]
+        band = ("–" if not mine else f"{len(mine) - len(outside)}/{len(mine)}"
+                + (f" (not: {', '.join(outside)})" if outside else ""))
         table.add_row(f"{r['lr']:g}", _fmt(r["predicted_logit"]), _fmt(r["measured_logit"]),
                       "–" if r["ratio"] is None else f"{r['ratio']:.2f}", called,
-                      "unstable" if r["unstable"] else "stable")
+                      "unstable" if r["unstable"] else "stable", band)
     p, rc = bt["precision"], bt["recall"]
     cov = bt.get("coverage") or {}
     inside = "; ".join(f"{q} {c['inside']}/{c['cases']}" for q, c in (cov.get("per_quantity") or {}).items())
