@@ -22,7 +22,7 @@ def synthetic_cases(ladders: int, scatter: float = 0.1, shrink: float = 1.0, see
     cases = []
     for _ in range(ladders):
         noise = 10 ** (scatter * rng.standard_normal(len(SIZES) + 1))
-        band = forecast.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(SIZES, noise)], HELD)
+        band = forecast.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(SIZES, noise)], HELD, band="fit")
         if shrink != 1.0:
             half_lo, half_hi = (math.log10(band["value"] / band["low"]), math.log10(band["high"] / band["value"]))
             band = {**band, "low": band["value"] / 10 ** (shrink * half_lo),
@@ -130,3 +130,12 @@ def test_the_backtest_scores_every_quantity_and_the_record_round_trips(tmp_path)
     back = ForecastRecord.read(tmp_path / "forecast.json")
     assert back.warnings == record.warnings
     assert back.backtest["coverage"] == bt["coverage"] and len(back.backtest["cases"]) == len(bt["cases"])
+
+
+def test_the_form_gap_measures_how_far_a_line_in_log_n_and_the_power_law_part():
+    power = [(n, 2.0 * n**0.5) for n in (1e4, 1e5, 1e6)]
+    line = [(n, 2.0 + 1.5 * math.log10(n)) for n in (1e4, 1e5, 1e6)]
+    assert extrapolation.form_gap(line, 1e8) > 0.02  # the two forms part by more than 5% two decades on
+    assert extrapolation.form_gap(power, 1e8) > extrapolation.form_gap(power, 1e7) > 0  # and more the farther
+    falling = [(n, 10.0 - 3.0 * math.log10(n / 1e4)) for n in (1e4, 1e5, 1e6)]  # the line reaches 0 at 1e7.3
+    assert extrapolation.form_gap(falling, 1e9) is None

@@ -123,6 +123,20 @@ def loso_rate(points: list[tuple[float, float]]) -> float | None:
     return float(np.sqrt(np.mean(np.square(rates))))
 
 
+def form_gap(points: list[tuple[float, float]], n: float) -> float | None:
+    """How much the functional form matters at ``n``: |log10 of the power law's forecast − log10 of the forecast of
+    the other form a ladder cannot rule out, a line in log N (|value| = a + b·log10 N)|, both fitted by least
+    squares through ``points``. None where that line reaches zero before ``n`` (it cannot be compared in log)."""
+    import numpy as np
+
+    lx = np.log10([x for x, _ in points])
+    y = np.array([y for _, y in points], float)
+    ly = np.log10(y)
+    power = float(np.polyval(np.polyfit(lx, ly, 1), math.log10(n)))
+    line = float(np.polyval(np.polyfit(lx, y, 1), math.log10(n)))
+    return abs(math.log10(line) - power) if line > 0 else None
+
+
 # ---- the trend bends -------------------------------------------------------------------------------------------------
 
 def _loso_error(points: list[tuple[float, float]], degree: int) -> float | None:
