@@ -137,5 +137,6 @@ def test_the_form_gap_measures_how_far_a_line_in_log_n_and_the_power_law_part():
     line = [(n, 2.0 + 1.5 * math.log10(n)) for n in (1e4, 1e5, 1e6)]
     assert extrapolation.form_gap(line, 1e8) > 0.02  # the two forms part by more than 5% two decades on
     assert extrapolation.form_gap(power, 1e8) > extrapolation.form_gap(power, 1e7) > 0  # and more the farther
-    falling = [(n, 10.0 - 3.0 * math.log10(n / 1e4)) for n in (1e4, 1e5, 1e6)]  # the line reaches 0 at 1e7.3
+    falling = [(n, 1e-3 * (1e4 / n) ** 0.5) for n in (1e4, 1e5, 1e6)]  # a falling quantity: no second form
     assert extrapolation.form_gap(falling, 1e9) is None
+    assert extrapolation.form_gap([(1e4, 1.0), (1e5, 1.0), (1e6, 1.0)], 1e9) == pytest.approx(0.0, abs=1e-12)

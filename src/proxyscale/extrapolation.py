@@ -124,17 +124,20 @@ def loso_rate(points: list[tuple[float, float]]) -> float | None:
 
 
 def form_gap(points: list[tuple[float, float]], n: float) -> float | None:
-    """How much the functional form matters at ``n``: |log10 of the power law's forecast − log10 of the forecast of
-    the other form a ladder cannot rule out, a line in log N (|value| = a + b·log10 N)|, both fitted by least
-    squares through ``points``. None where that line reaches zero before ``n`` (it cannot be compared in log)."""
+    """How much the functional form matters at ``n`` for a quantity that grows with N: |log10 of the power law's
+    forecast − log10 of the forecast of the other form three sizes cannot rule out, a line in log N (``a + b·log10
+    N``: growth that slows, as log Z's and the mean output logit's does)|, both fitted by least squares through
+    ``points``. None for a quantity that falls with N (a line in log N would cross zero: no positive second form of
+    this family) and where the line does not stay positive to ``n``."""
     import numpy as np
 
     lx = np.log10([x for x, _ in points])
     y = np.array([y for _, y in points], float)
-    ly = np.log10(y)
-    power = float(np.polyval(np.polyfit(lx, ly, 1), math.log10(n)))
+    coef = np.polyfit(lx, np.log10(y), 1)
+    if coef[0] < 0:
+        return None
     line = float(np.polyval(np.polyfit(lx, y, 1), math.log10(n)))
-    return abs(math.log10(line) - power) if line > 0 else None
+    return abs(math.log10(line) - float(np.polyval(coef, math.log10(n)))) if line > 0 else None
 
 
 # ---- the trend bends -------------------------------------------------------------------------------------------------

@@ -186,17 +186,19 @@ BANDS = ("fit", "loso", "pooled", "forms")
 - ``loso``: that, and the line's leave-one-size-out miss per decade (``extrapolation.loso_rate``) carried over the
   distance from the largest size to the target, added in quadrature as a normal term;
 - ``pooled``: the fit's interval with the residual scatter pooled over every LR of the ladder (``pooled_scatter``);
-- ``forms``: the fit's interval and the gap between the power law and the other form three sizes cannot rule out, a
-  line in log N (``extrapolation.form_gap``), added in quadrature: the band accounts for a wrong functional form.
+- ``forms``: the fit's interval and, for a quantity that grows with N, the gap between the power law and the other
+  form three sizes cannot rule out, a line in log N (``extrapolation.form_gap``: growth that slows), added in
+  quadrature: the band accounts for a wrong functional form.
 """
 LOSO_Z = 1.2816
 """The normal 0.9 quantile: the ``loso`` term's half-width in units of its rate × reach."""
 BAND = "forms"
-"""The band the forecast uses. Chosen by measurement (``examples/forecast_validation.py``; README, Forecast):
-on the eight validation ladders scored while choosing, ``fit`` held 77% of 340 held-out values in its 80% band but
-only 55% of the mean output logits (a power law through three sizes that happen to fall on a line is a band a few
-percent wide); ``loso`` 78% (56%), ``pooled`` 76% (61%), ``forms`` 83% with every quantity but the attention logit
-(95%, too wide) inside 70–90%; ``forms`` was then scored on four ladders it was not chosen on."""
+"""The band the forecast uses. Chosen by measurement (``examples/forecast_validation.py``, README: Forecast): on the
+eight validation ladders looked at while choosing (``TUNING`` there, 272 held-out values), ``fit`` held 77% in its
+80% band but only 55% of the mean output logits (three sizes that happen to fall on a line give a band a few
+percent wide, and the mean logit's growth slows with N); ``loso`` 78% (56%), ``pooled`` 76% (61%); ``forms`` 83%,
+every quantity with ten or more cases inside 70–90% but the attention logit (95%: too wide). It was then scored on
+four ladders it was not chosen on (README)."""
 
 
 def pooled_scatter(rows: pl.DataFrame, column: str) -> tuple[float, int] | None:

@@ -418,7 +418,9 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color="C0", label="ladder")
         if t.get("ok"):
             xs = np.geomspace(min(x for x, _ in pts), n, 40)
-            band = [instability.interval(t["fit"], x) for x in xs]
+            from .forecast import trend  # the band as the forecast builds it (forecast.BAND), at every N drawn
+
+            band = [trend(pts, x) for x in xs]
             ax.plot(xs, [b["value"] for b in band], "-", color="C0", lw=1)
             ax.fill_between(xs, [b["low"] for b in band], [b["high"] for b in band], color="C0", alpha=0.15,
                             lw=0, label="80% band")
