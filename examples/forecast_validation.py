@@ -42,6 +42,9 @@ VARIANTS: dict[str, tuple[str, str, dict, int, str]] = {
     "qkclip": ("QK-clip τ = 100", "target.yaml", {"optim": {"qk_clip": 100.0}}, 0, "micro"),
     "softcap": ("attention soft-cap 50", "target.yaml", {"model": {"attn_softcap": 50.0}}, 0, "micro"),
     "laptop_drift": ("target_drift, laptop ladder", "target_drift.yaml", {}, 0, "laptop"),
+    "seed3": ("seed 3", "target.yaml", {}, 3, "micro"),
+    "qk_seed2": ("qk-layernorm, seed 2", "target.yaml", {"model": {"qk_layernorm": "head"}}, 2, "micro"),
+    "muon": ("Muon", "target.yaml", {"optim": {"optimizer": "muon"}}, 0, "micro"),
 }
 TUNING = ("target", "seed1", "seed2", "no_zloss_no_wd", "coupled", "qk", "drift", "laptop_drift")
 """The ladders whose coverage was looked at while the forecast's band (``forecast.BAND``) was chosen; the others
