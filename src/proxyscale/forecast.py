@@ -301,7 +301,8 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read; ``curves``
     (``table.curves``): the ladder's per-step metrics, along which the drift law runs (``drift_forecast``)."""
     mitigations = mitigations or {}
-    trends = {c: trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c))
+    pooled = (band or BAND) == "pooled"  # the scatter over every LR: only the pooled band reads it
+    trends = {c: trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c) if pooled else None)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
     div = trend(instability_lrs(rows), n_target, band)
     regime = extrapolation.regime_change(rows)
