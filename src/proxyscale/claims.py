@@ -491,7 +491,9 @@ def prediction_table(results: pl.DataFrame, fit_sizes: int | None = None, degree
 
 def _prediction_head(t: dict[str, Any]) -> str:
     thr = (f"{t['threshold']:.3g}" if t["threshold"] else
-           f"none (stable logits up to {t['stable_max']}, unstable from {t['unstable_min']}: they do not separate)")
+           f"none (stable logits up to {t['stable_max']:.3g}, unstable from {t['unstable_min']:.3g}: they do not "
+           "separate)" if t["stable_max"] is not None and t["unstable_min"] is not None else
+           "none (the fitted sizes have no stable or no unstable run)")
     seeds = f", {t['seeds']} seeds" if t["seeds"] > 1 else ""
     return (f"fit on N={t['fit_n']}, held out N={t['held_out_n']}{seeds}; unstable = loss > qk-LN run + "
             f"{t['margin']} nats; threshold {thr}")
