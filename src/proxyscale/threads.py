@@ -8,7 +8,8 @@ Facts measured on this project's 2-core machines decide the policy:
 - Threads that *sleep* cost a quiet machine dearly (issue 25): one member (K = 1) at d64-L2, batch 16 x 128, 2
   threads ran at 0.71x the reference loop under PASSIVE, 1.11x with a spin (libgomp's default 300,000 iterations
   or a bounded 10,000), 0.90x vs 1.06-1.08x at d128-L2 (``benchmarks/busy_machine.py``, commit 888bf85, 2 quiet
-  AVX512-BF16 cores without AMX, best of 5 processes each).
+  AVX512-BF16 cores without AMX, best of 5 processes each; one full invocation at commit 4ddea9b: PASSIVE 0.79x /
+  1.03x, the chosen policy 1.16x / 1.22x, beside a CPU-bound process / a second run 1.11 / 1.10).
 - So (1) the wait policy follows the load measured before torch starts (``set_wait_policy``, called by the CLI's
   ``main`` for the commands that train; OpenMP reads it once, when it starts): on a quiet machine a bounded spin
   (``QUIET_ENV``: ``GOMP_SPINCOUNT=10000``), on a busy one, or where the load cannot be read, ``PASSIVE``
