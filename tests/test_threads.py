@@ -74,17 +74,20 @@ def test_the_wait_policy_follows_the_load_quiet_spins_busy_sleeps():
 
 
 def test_the_cli_sets_the_wait_policy_before_torch_starts():
+    # the child's environment without either setting (a main() earlier in this process may have set one)
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     code = ("import os, sys\nos.environ.pop('OMP_WAIT_POLICY', None)\nimport proxyscale.cli\n"
             "before = os.environ.get('OMP_WAIT_POLICY')\n"
             "proxyscale.cli.main(['list'])\n"  # a command that trains nothing: the load is not measured
             "print(before, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=clean).stdout.split()
     assert out[-3:] == ["None", "PASSIVE", "False"]  # set by main, not at import; torch not yet loaded
     keep = code.replace("os.environ.pop('OMP_WAIT_POLICY', None)\n", "")
-    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice is kept
+    env = {**clean, "OMP_WAIT_POLICY": "ACTIVE"}  # the user's choice is kept
     out = subprocess.run([sys.executable, "-c", keep], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split()[-3:-1] == ["ACTIVE", "ACTIVE"]
-    env = {**os.environ, "OMP_WAIT_POLICY": ""}  # empty: OpenMP's own default, the variable removed
+    env = {**clean, "OMP_WAIT_POLICY": ""}  # empty: OpenMP's own default, the variable removed
     out = subprocess.run([sys.executable, "-c", keep], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split()[-2] == "None"
 
