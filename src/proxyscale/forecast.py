@@ -309,7 +309,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     if regime and div["ok"]:  # a power law across sizes that do and do not turn unstable: no point forecast
         div = {"ok": False, "why": regime["text"], "points": div["points"]}
     elif not div["ok"] and len(div["points"]) < 3:  # say which sizes never turned unstable, and what would help
-        calm = sorted(set(rows[SIZE].to_list()) - set(rows.filter(pl.col("unstable"))[SIZE].to_list()))
+        calm = extrapolation.calm_sizes(rows)  # by N
         if calm:
             its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
             div["why"] += (f"; {', '.join(calm)} stayed stable at every LR above {its} best, so {its} instability "
