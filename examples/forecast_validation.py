@@ -51,7 +51,7 @@ TUNING = ("target", "seed1", "seed2", "no_zloss_no_wd", "coupled", "qk", "drift"
 """The ladders whose coverage was looked at while the forecast's band (``forecast.BAND``) was chosen: the first eight
 chose ``forms`` over ``fit``, ``loso`` and ``pooled``; the next four were scored after that choice (83% inside, README)
 and then looked at too (a guard against a line below zero at a ladder size; an Akaike-weighted gap, tried and
-dropped). The rest (``seed3``, ``qk_seed2``, ``muon``) were trained after every choice: their coverage says how the
+dropped; then ``pooled_forms``, which did not replace ``forms``). The rest (``seed3``, ``qk_seed2``, ``muon``) were trained after every choice: their coverage says how the
 band does on ladders it was not tuned on."""
 
 

@@ -199,6 +199,20 @@ def test_the_forms_band_holds_a_trend_that_is_not_a_power_law():
     assert held["fit"] / 500 < 0.5 and 0.8 <= held["forms"] / 500 <= 0.95, held  # measured: 225 and 442 of 500
 
 
+def test_the_pooled_forms_band_is_the_pooled_band_plus_the_form_gap():
+    """``pooled_forms``: the pooled band's half-width (the scatter of every LR, many degrees of freedom) and the
+    form gap added in quadrature for a growing quantity; for a falling one (no second form) it is the pooled band."""
+    pooled = (0.01, 8)
+    growing = [(1e4, 3.0), (1e5, 4.6), (1e6, 6.0)]
+    p, pf = (forecast.trend(growing, 1e8, band=b, pooled=pooled) for b in ("pooled", "pooled_forms"))
+    half = lambda t: math.log10(t["high"]) - math.log10(t["value"])  # noqa: E731
+    assert pf["value"] == p["value"] and pf["df"] == 8
+    assert half(pf) == pytest.approx(math.hypot(half(p), pf["form_gap"]))
+    falling = [(n, 1.0 / v) for n, v in growing]
+    p, pf = (forecast.trend(falling, 1e8, band=b, pooled=pooled) for b in ("pooled", "pooled_forms"))
+    assert "form_gap" not in pf and half(pf) == pytest.approx(half(p))
+
+
 def test_the_validation_example_builds_every_variant(tmp_path):
     """examples/forecast_validation.py (the README's coverage table): each variant is a valid target whose ladder
     carries its changes, seed and scale; at least 8 ladders over micro and laptop, the tuning ones among them and
