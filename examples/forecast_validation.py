@@ -48,7 +48,7 @@ VARIANTS: dict[str, tuple[str, str, dict, int, str]] = {
 }
 TUNING = ("target", "seed1", "seed2", "no_zloss_no_wd", "coupled", "qk", "drift", "laptop_drift",
           "qk_seed1", "qk_lr3e-2", "qkclip", "softcap")
-"""The ladders whose coverage was looked at while the forecast's band (``forecast.BAND``) was chosen: the first eight
+"""The ladders whose coverage was looked at while the forecast's band (``extrapolation.BAND``) was chosen: the first eight
 chose ``forms`` over ``fit``, ``loso`` and ``pooled``; the next four were scored after that choice (83% inside, README)
 and then looked at too (a guard against a line below zero at a ladder size; an Akaike-weighted gap, tried and
 dropped; then ``pooled_forms``, which did not replace ``forms``). The rest (``seed3``, ``qk_seed2``, ``muon``) were trained after every choice: their coverage says how the
@@ -70,7 +70,7 @@ def variant(name: str, folder: Path) -> tuple[dict, GroupConfig]:
 
 def score(name: str, out: Path, workers: int | None, band: str | None = None) -> dict:
     """Train (or reuse) the variant's ladder and backtest the forecast on its largest size, its bands built as
-    ``band`` says (``forecast.BANDS``; default the forecast's)."""
+    ``band`` says (``extrapolation.BANDS``; default the forecast's)."""
     spec, target = variant(name, out / "targets")
     results = sweep.run_sweep(spec, out / "ladders" / name, pool=out / "groups", workers=workers)
     o = target.optim
@@ -99,15 +99,15 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"--only: unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
-    print(f"bands built as {forecast.BAND!r} (forecast.BAND)\n")
+    print(f"bands built as {extrapolation.BAND!r} (extrapolation.BAND)\n")
     print("| ladder (largest size held out) | scale | verdicts right | precision / recall | logit within 2× "
           "| inside the 80% band | warnings |")
     print("|---|---|---|---|---|---|---|")
     right = total = 0
-    cases: dict[str, list[dict]] = {band: [] for band in forecast.BANDS}
+    cases: dict[str, list[dict]] = {band: [] for band in extrapolation.BANDS}
     for name in names:
-        scored = {band: score(name, args.out, args.workers, band) for band in forecast.BANDS}
-        bt = scored[forecast.BAND]
+        scored = {band: score(name, args.out, args.workers, band) for band in extrapolation.BANDS}
+        bt = scored[extrapolation.BAND]
         if not bt["ok"]:
             print(f"| {VARIANTS[name][0]} | {VARIANTS[name][4]} | cannot backtest: {bt['why']} |||||")
             continue
@@ -120,9 +120,9 @@ def main() -> None:
         for band, b in scored.items():
             cases[band] += [{**c, "band": band, "ladder": name, "ladder_scale": VARIANTS[name][4], "tuning": name in TUNING,
                              "seed": str(c.get("seed")), "lr": c.get("lr")} for c in b["cases"]]
-    every = cases[forecast.BAND]
+    every = cases[extrapolation.BAND]
     print(f"\n{right} of {total} verdicts right over {len(names)} ladders; {len(every)} held-out cases\n")
-    heads = [(band, part) for band in forecast.BANDS for part in ("chosen on", "not tuned on")]
+    heads = [(band, part) for band in extrapolation.BANDS for part in ("chosen on", "not tuned on")]
     cov = {(band, part): extrapolation.coverage([c for c in cases[band] if c["tuning"] == (part == "chosen on")])
            for band, part in heads}
     print("| quantity | " + " | ".join(f"band `{b}`: {p}" for b, p in heads) + " |")
@@ -131,7 +131,7 @@ def main() -> None:
         print(f"| {_label(q)} | " + " | ".join(_pct(cov[h]["per_quantity"].get(q, {"cases": 0})) for h in heads)
               + " |")
     print("| **overall** | " + " | ".join(_pct(cov[h]["overall"]) for h in heads) + " |")
-    for band in forecast.BANDS:
+    for band in extrapolation.BANDS:
         print(f"\ncalibration, band `{band}` (nominal → observed, all ladders): " + ", ".join(
             f"{lvl:.0%} → {obs:.0%}" for lvl, obs, _ in extrapolation.calibration(cases[band])))
     if args.cases:

@@ -22,7 +22,7 @@ def synthetic_cases(ladders: int, scatter: float = 0.1, shrink: float = 1.0, see
     cases = []
     for _ in range(ladders):
         noise = 10 ** (scatter * rng.standard_normal(len(SIZES) + 1))
-        band = forecast.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(SIZES, noise)], HELD, band="fit")
+        band = extrapolation.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(SIZES, noise)], HELD, band="fit")
         if shrink != 1.0:
             half_lo, half_hi = (math.log10(band["value"] / band["low"]), math.log10(band["high"] / band["value"]))
             band = {**band, "low": band["value"] / 10 ** (shrink * half_lo),

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import yaml
 
-from proxyscale import config, forecast, instability, sweep
+from proxyscale import config, extrapolation, forecast, instability, sweep
 from proxyscale.cli import main
 
 
@@ -32,13 +32,13 @@ def ladder(logit=lambda n, lr: 0.1 * n**0.5 * lr, diverge_from=lambda n: UNSTABL
 
 def test_a_power_law_is_forecast_with_an_interval_that_holds_it():
     pts = [(n, 2.0 * n**0.5 * (1 + 0.05 * (-1) ** i)) for i, n in enumerate([1e4, 1e5, 1e6, 1e7])]
-    t = forecast.trend(pts, 1e9)
+    t = extrapolation.trend(pts, 1e9)
     assert t["ok"] and t["low"] < 2.0 * 1e9**0.5 < t["high"]
     assert t["value"] == pytest.approx(2.0 * 1e9**0.5, rel=0.2) and t["slope"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_too_few_sizes_say_so_instead_of_a_number():
-    t = forecast.trend([(1e4, 1.0), (1e5, 2.0)], 1e9)
+    t = extrapolation.trend([(1e4, 1.0), (1e5, 2.0)], 1e9)
     assert not t["ok"] and "needs 3" in t["why"] and "value" not in t
     f = forecast.forecast(instability.unstable(ladder(sizes=(1e4, 1e5))), 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")
     assert {v["verdict"] for v in f["verdicts"]} == {"cannot forecast"}
@@ -174,7 +174,7 @@ def test_the_80_percent_band_holds_80_percent_of_new_sizes(sizes):
     target, held = 10.0 ** (4 + sizes), 0
     for _ in range(3000):
         noise = 10 ** (0.1 * rng.standard_normal(sizes + 1))
-        t = forecast.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(ns, noise)], target, band="fit")
+        t = extrapolation.trend([(n, 2.0 * n**0.5 * e) for n, e in zip(ns, noise)], target, band="fit")
         held += t["low"] <= 2.0 * target**0.5 * noise[-1] <= t["high"]
     assert 0.77 <= held / 3000 <= 0.83, held / 3000
 
@@ -193,7 +193,7 @@ def test_the_forms_band_holds_a_trend_that_is_not_a_power_law():
         pts = [(n, (2.0 + 1.5 * math.log10(n)) * 10 ** (0.003 * rng.standard_normal())) for n in ns]
         measured = truth * 10 ** (0.003 * rng.standard_normal())
         for band in held:
-            t = forecast.trend(pts, target, band=band)
+            t = extrapolation.trend(pts, target, band=band)
             held[band] += t["low"] <= measured <= t["high"]
             assert t["low"] <= t["value"] <= t["high"]
     assert held["fit"] / 500 < 0.5 and 0.8 <= held["forms"] / 500 <= 0.95, held  # measured: 225 and 442 of 500
@@ -204,12 +204,12 @@ def test_the_pooled_forms_band_is_the_pooled_band_plus_the_form_gap():
     form gap added in quadrature for a growing quantity; for a falling one (no second form) it is the pooled band."""
     pooled = (0.01, 8)
     growing = [(1e4, 3.0), (1e5, 4.6), (1e6, 6.0)]
-    p, pf = (forecast.trend(growing, 1e8, band=b, pooled=pooled) for b in ("pooled", "pooled_forms"))
+    p, pf = (extrapolation.trend(growing, 1e8, band=b, pooled=pooled) for b in ("pooled", "pooled_forms"))
     half = lambda t: math.log10(t["high"]) - math.log10(t["value"])  # noqa: E731
     assert pf["value"] == p["value"] and pf["df"] == 8
     assert half(pf) == pytest.approx(math.hypot(half(p), pf["form_gap"]))
     falling = [(n, 1.0 / v) for n, v in growing]
-    p, pf = (forecast.trend(falling, 1e8, band=b, pooled=pooled) for b in ("pooled", "pooled_forms"))
+    p, pf = (extrapolation.trend(falling, 1e8, band=b, pooled=pooled) for b in ("pooled", "pooled_forms"))
     assert "form_gap" not in pf and half(pf) == pytest.approx(half(p))
 
 

@@ -155,7 +155,7 @@ def test_figures_draw_the_spread_over_seeds(tmp_path, monkeypatch):
 
 
 def test_the_forecast_fits_through_every_seed_and_scores_each_held_out_seed():
-    from proxyscale import forecast, instability
+    from proxyscale import extrapolation, forecast, instability
 
     def logit(i, s, lr):
         return 2.0 * (10 ** (i + 3)) ** 0.5 * (1.0 + 0.1 * s) * lr / 1e-2
@@ -171,12 +171,12 @@ def test_the_forecast_fits_through_every_seed_and_scores_each_held_out_seed():
     r = pl.DataFrame(rows)
     points = forecast.at_lr_points(instability.unstable(r), "attn_logit_max/0", 1e-2)
     assert len(points) == 4 * 3  # every seed a point of the fit
-    # the fit's own band (forecast.BANDS "fit"): its width is the scatter of the points, so the seeds' spread
-    t = forecast.trend([p for p in points if p[0] < 1e6], 1e6, band="fit")
-    single = forecast.trend([(n, v) for (n, v) in points if n < 1e6][::3], 1e6, band="fit")  # seed 0: exact
+    # the fit's own band (extrapolation.BANDS "fit"): its width is the scatter of the points, so the seeds' spread
+    t = extrapolation.trend([p for p in points if p[0] < 1e6], 1e6, band="fit")
+    single = extrapolation.trend([(n, v) for (n, v) in points if n < 1e6][::3], 1e6, band="fit")  # seed 0: exact
     assert single["high"] / single["low"] < 1 + 1e-9  # no scatter, no band
     assert t["high"] / t["low"] > 1.2  # the seeds' spread (±10% in the logit) is the band
-    wide = forecast.trend([p for p in points if p[0] < 1e6], 1e6)  # the forecast's band adds the form term to it
+    wide = extrapolation.trend([p for p in points if p[0] < 1e6], 1e6)  # the forecast's band adds the form term to it
     assert wide["low"] <= t["low"] and wide["high"] >= t["high"] and wide["value"] == t["value"]
     bt = forecast.backtest(r, 1e-8, 1e-4, 1e-4, "off")
     assert bt["ok"] and len(bt["rows"]) == len(LR_GRID) * 3 and {tuple(x["seed"]) for x in bt["rows"]} == {

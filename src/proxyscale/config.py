@@ -415,6 +415,23 @@ def parse_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
+BYTE_VOCAB = 256
+"""The byte vocabulary's size (``model.vocab: byte``)."""
+
+
+def parse_vocab(vocab: str) -> int | None:
+    """``model.vocab``: ``byte`` → None (byte-level, ``BYTE_VOCAB``); ``bpe:N`` or ``N`` → N (a local BPE of that
+    size, trained by ``tokenizers`` on the corpus). The one place a vocab is read: the config validates with it and
+    ``data`` tokenizes with it."""
+    text = str(vocab).strip().lower()
+    if text == "byte":
+        return None
+    number = text.removeprefix("bpe:")
+    if number.isdigit() and 260 <= int(number) <= 1_000_000:
+        return int(number)
+    raise ConfigError(f"model.vocab: got {vocab!r}; valid: byte, bpe:N or N with 260 <= N (e.g. bpe:4096)")
+
+
 def _validate(cfg: GroupConfig) -> None:
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
 
@@ -451,8 +468,6 @@ def _validate(cfg: GroupConfig) -> None:
         raise ConfigError(f"train.device: got {t.device!r}; valid: auto, cpu, cuda, cuda:N")
     if o.min_lr < 0:
         raise ConfigError(f"optim.min_lr: must be >= 0, got {o.min_lr}")
-    from .data import parse_vocab  # the tokenizer's module owns the vocab (no torch there at import)
-
     parse_vocab(m.vocab)
     for member in cfg.member_list():
         where = "members" if cfg.members else "optim"

@@ -22,22 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from .config import ConfigError, DataConfig
-
-BYTE_VOCAB = 256
-
-
-def parse_vocab(vocab: str) -> int | None:
-    """``model.vocab``: ``byte`` → None (byte-level, ``BYTE_VOCAB``); ``bpe:N`` or ``N`` → N (a local BPE of that
-    size, trained by ``tokenizers`` on the corpus). The one place a vocab is read: the config validates with it."""
-    text = str(vocab).strip().lower()
-    if text == "byte":
-        return None
-    number = text.removeprefix("bpe:")
-    if number.isdigit() and 260 <= int(number) <= 1_000_000:
-        return int(number)
-    raise ConfigError(f"model.vocab: got {vocab!r}; valid: byte, bpe:N or N with 260 <= N (e.g. bpe:4096)")
-
+from .config import BYTE_VOCAB, ConfigError, DataConfig, parse_vocab
 
 def vocab_size(vocab: str) -> int:
     """The size of the vocabulary ``model.vocab`` names (256 bytes, or the BPE's N)."""

@@ -36,7 +36,7 @@ from .seeds import count, seed_keys
 from .table import replicate_columns
 from .config import ConfigError, GroupConfig
 from .experiments import FORECAST_LADDERS
-from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, interval, t80, threshold, unstable
+from .instability import EPS_FACTOR, MARGIN, PAPER_LOGIT_THRESHOLD, threshold, unstable
 from .model import count_params
 from .plan import vocab_size
 from .records import (
@@ -178,33 +178,6 @@ def ladder_spec(target: GroupConfig, scale: str, sizes: list[dict[str, int]] | N
 
 # ---- fits ----------------------------------------------------------------------------------------------------------
 
-BANDS = ("fit", "loso", "pooled", "forms", "pooled_forms")
-"""How a trend's 80% band is built (issue 24), all in log10 around the power law's forecast:
-
-- ``fit``: the fit's own prediction interval (``instability.interval``: parameter covariance plus residual scatter,
-  Student's t on the fit's degrees of freedom; one for three sizes);
-- ``loso``: that, and the line's leave-one-size-out miss per decade (``extrapolation.loso_rate``) carried over the
-  distance from the largest size to the target, added in quadrature as a normal term;
-- ``pooled``: the fit's interval with the residual scatter pooled over every LR of the ladder (``pooled_scatter``);
-- ``forms``: the fit's interval and, for a quantity that grows with N, the gap between the power law and the other
-  form three sizes cannot rule out, a line in log N (``extrapolation.form_gap``: growth that slows), added in
-  quadrature: the band accounts for a wrong functional form;
-- ``pooled_forms``: both: the residual scatter pooled over the ladder's LRs (more degrees of freedom than one LR's
-  three sizes give, so Student's t is not 3.08) and the form gap added in quadrature.
-"""
-LOSO_Z = 1.2816
-"""The normal 0.9 quantile: the ``loso`` term's half-width in units of its rate × reach."""
-BAND = "forms"
-"""The band the forecast uses. Chosen by measurement (``examples/forecast_validation.py``, README: Forecast): on the
-eight validation ladders looked at while choosing (``TUNING`` there, 272 held-out values), ``fit`` held 77% in its
-80% band but only 55% of the mean output logits (three sizes that happen to fall on a line give a band a few
-percent wide, and the mean logit's growth slows with N); ``loso`` 78% (56%), ``pooled`` 76% (61%); ``forms`` 83%,
-every quantity with ten or more cases inside 70–90% but the attention logit (95%: too wide). It was then scored on
-four ladders it was not chosen on (README). ``pooled_forms`` (tried after, on the same twelve ladders, to narrow the
-attention logit's band, commit after 8f0d0a6) brought the logit to 89% but the mean output logit down to 65%
-(overall 78%): it moves the miss from one quantity to another, so ``forms`` stays."""
-
-
 def pooled_scatter(rows: pl.DataFrame, column: str) -> tuple[float, int] | None:
     """(σ, degrees of freedom) of the power laws of ``column`` against N fitted at every LR of ``rows`` with at least
     three sizes: their residual variances pooled (Σ RSS / Σ df, in log10); None when no LR has a residual."""
@@ -218,44 +191,6 @@ def pooled_scatter(rows: pl.DataFrame, column: str) -> tuple[float, int] | None:
         if math.isfinite(fit["sigma"]):
             rss, df = rss + fit["sigma"] ** 2 * (fit["n"] - 2), df + fit["n"] - 2
     return (math.sqrt(rss / df), int(df)) if df else None
-
-
-def _band(b: dict[str, Any], half: float, **extra: Any) -> dict[str, Any]:
-    """The interval ``b`` rebuilt with half-width ``half`` (log10) around its value; ``scale`` the half-width in
-    units of its Student's t (so ``extrapolation.calibration`` can rebuild it at other levels)."""
-    df = extra.get("df", b["df"])
-    centre = math.log10(b["value"])
-    return {**b, "low": 10 ** (centre - half), "high": 10 ** (centre + half), "scale": half / t80(df), **extra}
-
-
-def trend(points: list[tuple[float, float]], n: float, band: str | None = None,
-          pooled: tuple[float, int] | None = None) -> dict[str, Any]:
-    """Power-law fit of |value| against N through ``points`` [(N, value)], forecast at ``n`` with an 80% band built
-    as ``band`` says (``BANDS``; default ``BAND``; ``pooled``: the ladder's ``pooled_scatter`` for this quantity);
-    or why not."""
-    good = [(x, abs(y)) for x, y in points if y is not None and math.isfinite(y) and y != 0]
-    if len(good) < 3:
-        return {"ok": False, "why": f"{len(good)} sizes with a value; a trend with an interval needs 3",
-                "points": good}
-    fit = fit_log([x for x, _ in good], [y for _, y in good], 1)
-    b = interval(fit, n)
-    if not math.isfinite(b["low"]):
-        return {"ok": False, "why": "the fit has no residual to estimate an interval from", "points": good}
-    band = band or BAND
-    if band in ("pooled", "pooled_forms") and pooled is not None and fit["sigma"] > 0:
-        import numpy as np
-
-        sigma, df = pooled
-        basis = np.array([math.log10(n), 1.0])
-        var = float(basis @ (np.asarray(fit["cov"]) / fit["sigma"] ** 2) @ basis) * sigma**2 + sigma**2
-        b = _band(b, t80(df) * math.sqrt(var), df=df)
-    if band in ("forms", "pooled_forms") and (delta := extrapolation.form_gap(good, n)) is not None:
-        b = _band(b, math.hypot(t80(b["df"]) * b["scale"], delta), form_gap=delta)
-    elif band == "loso" and (rate := extrapolation.loso_rate(good)) is not None:
-        reach = max(0.0, math.log10(n / max(x for x, _ in good)))
-        b = _band(b, math.hypot(t80(b["df"]) * b["scale"], LOSO_Z * rate * reach), loso_rate=rate)
-    sign = -1.0 if sum(1 for _, y in points if y is not None and y < 0) > len(good) / 2 else 1.0
-    return {"ok": True, "fit": fit, "slope": fit["coef"][0], "sign": sign, "points": good, **b}
 
 
 def instability_lrs(rows: pl.DataFrame, margin: float = MARGIN) -> list[tuple[float, float]]:
@@ -305,10 +240,10 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read; ``curves``
     (``table.curves``): the ladder's per-step metrics, along which the drift law runs (``drift_forecast``)."""
     mitigations = mitigations or {}
-    pooled = (band or BAND) in ("pooled", "pooled_forms")  # the scatter over every LR: only the pooled band reads it
-    trends = {c: trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c) if pooled else None)
+    pooled = (band or extrapolation.BAND) in ("pooled", "pooled_forms")  # the scatter over every LR: only the pooled band reads it
+    trends = {c: extrapolation.trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c) if pooled else None)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
-    div = trend(instability_lrs(rows), n_target, band)
+    div = extrapolation.trend(instability_lrs(rows), n_target, band)
     regime = extrapolation.regime_change(rows)
     if regime and div["ok"]:  # a power law across sizes that do and do not turn unstable: no point forecast
         div = {"ok": False, "why": regime["text"], "points": div["points"]}
@@ -318,7 +253,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
             its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
             div["why"] += (f"; {', '.join(calm)} stayed stable at every LR above {its} best, so {its} instability "
                            f"{lie} above {max(rows[LR].to_list()):g}: add higher LRs to see it")
-    sens = trend(sensitivities(rows), n_target, band)
+    sens = extrapolation.trend(sensitivities(rows), n_target, band)
     logit_thr = threshold(rows, "attn_logit_max/0")
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
@@ -382,11 +317,11 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
     cause = ATTENTION_LOGIT_GROWTH
     if not t["ok"]:
         return _cannot(cause, t)
-    pooled = pooled_scatter(rows, "attn_logit_max/0") if (band or BAND) in ("pooled", "pooled_forms") else None
+    pooled = pooled_scatter(rows, "attn_logit_max/0") if (band or extrapolation.BAND) in ("pooled", "pooled_forms") else None
     notes = "".join(f"; {e}" for e in evidence or [])
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
     safe = [x for x in sorted(set(rows[LR].to_list()))
-            if (tt := trend(at_lr_points(rows, "attn_logit_max/0", x), n, band, pooled))["ok"] and tt["high"] < thr]
+            if (tt := extrapolation.trend(at_lr_points(rows, "attn_logit_max/0", x), n, band, pooled))["ok"] and tt["high"] < thr]
     advice = []
     if level != "unlikely":
         if qk == "off":

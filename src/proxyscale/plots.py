@@ -418,7 +418,7 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
             ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color="C0", label="ladder")
         if t.get("ok"):
             xs = np.geomspace(min(x for x, _ in pts), n, 40)
-            from .forecast import trend  # the band as the forecast builds it (forecast.BAND), at every N drawn
+            from .extrapolation import trend  # the band as the forecast builds it (extrapolation.BAND), at every N
 
             band = [trend(pts, x) for x in xs]
             ax.plot(xs, [b["value"] for b in band], "-", color="C0", lw=1)
