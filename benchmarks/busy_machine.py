@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "examples" / "lr_grid.yaml"
 POLICIES = {  # name: environment the policy sets before torch starts ("" removes the variable: OpenMP's default)
-    "auto": {},  # nothing set: proxyscale.threads chooses from the free cores (the CLI's default)
+    "auto": {},  # nothing set: proxyscale.engine.threads chooses from the free cores (the CLI's default)
     # the alternatives measured before "auto" was chosen (threads.py says what each gave)
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # issue 14's default
     "default": {"OMP_WAIT_POLICY": ""},  # libgomp: spin GOMP_SPINCOUNT (300,000) iterations, then sleep
@@ -41,7 +41,7 @@ BURN = "import time\nt = time.time()\nwhile time.time() - t < 3600: pass"
 CHILD = """
 import sys, time, json
 sys.path.insert(0, {bench!r})
-from proxyscale import threads
+from proxyscale.engine import threads
 if {policy}:
     threads.set_wait_policy(threads.free_cores())  # what the CLI does before torch starts
 import argparse, torch

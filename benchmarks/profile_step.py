@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import LRS, SHAPES, proxyscale_case, reference_case, shape_precision  # noqa: E402,F401
 
-from proxyscale.device import resolve_device  # noqa: E402
+from proxyscale.engine.device import resolve_device  # noqa: E402
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import ReferenceLoop  # noqa: E402
 
-from proxyscale import config  # noqa: E402
-from proxyscale.data import TokenData  # noqa: E402
-from proxyscale.device import is_out_of_memory, mfu, resolve_compile, resolve_device, resolve_precision  # noqa: E402
-from proxyscale.train import GroupRun  # noqa: E402
+from proxyscale.core import config  # noqa: E402
+from proxyscale.engine.data import TokenData  # noqa: E402
+from proxyscale.engine.device import is_out_of_memory, mfu, resolve_compile, resolve_device, resolve_precision  # noqa: E402
+from proxyscale.engine.train import GroupRun  # noqa: E402
 
 LRS = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 SHAPES = {  # (width, depth, seq, batch, vocab)
@@ -66,7 +66,7 @@ def timed(device: torch.device, step, warmup: int, steps: int) -> tuple[float, f
     return seconds, peak
 
 
-SWITCHES = {  # the post-paper switches (README: Beyond the paper), as config overrides of a group
+SWITCHES = {  # the post-paper switches (docs/beyond.md), as config overrides of a group
     "attention soft-cap 50": {"model": {"attn_softcap": 50.0}},
     "final soft-cap 30": {"model": {"final_softcap": 30.0}},
     "QK-clip τ 100": {"optim": {"qk_clip": 100.0}},

@@ -1,4 +1,4 @@
-"""Score the forecast's backtest on validation ladders it was not built on: the README's coverage and validation
+"""Score the forecast's backtest on validation ladders it was not built on: docs/forecasting.md's coverage and validation
 tables.
 
     python examples/forecast_validation.py [--out runs/forecast_validation] [--scale micro,laptop] [--only seed1,qk]
@@ -21,12 +21,14 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from proxyscale import extrapolation, forecast, sweep
-from proxyscale.config import GroupConfig
+from proxyscale.science import extrapolation
+from proxyscale.jobs import forecast
+from proxyscale.runs import sweep
+from proxyscale.core.config import GroupConfig
 
 EXAMPLES = Path(__file__).parent
 VARIANTS: dict[str, tuple[str, str, dict, int, str]] = {
-    # name: (what the README calls it, target file, fields changed in it, the ladder's train.seed, scale)
+    # name: (what docs/forecasting.md calls it, target file, fields changed in it, the ladder's train.seed, scale)
     "target": ("the target (the rule was built on this one)", "target.yaml", {}, 0, "micro"),
     "seed1": ("seed 1", "target.yaml", {}, 1, "micro"),
     "seed2": ("seed 2", "target.yaml", {}, 2, "micro"),
@@ -49,7 +51,7 @@ VARIANTS: dict[str, tuple[str, str, dict, int, str]] = {
 TUNING = ("target", "seed1", "seed2", "no_zloss_no_wd", "coupled", "qk", "drift", "laptop_drift",
           "qk_seed1", "qk_lr3e-2", "qkclip", "softcap")
 """The ladders whose coverage was looked at while the forecast's band (``extrapolation.BAND``) was chosen: the first eight
-chose ``forms`` over ``fit``, ``loso`` and ``pooled``; the next four were scored after that choice (83% inside, README)
+chose ``forms`` over ``fit``, ``loso`` and ``pooled``; the next four were scored after that choice (83% inside, docs/forecasting.md)
 and then looked at too (a guard against a line below zero at a ladder size; an Akaike-weighted gap, tried and
 dropped; then ``pooled_forms``, which did not replace ``forms``). The rest (``seed3``, ``qk_seed2``, ``muon``) were trained after every choice: their coverage says how the
 band does on ladders it was not tuned on."""

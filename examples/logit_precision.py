@@ -16,9 +16,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from proxyscale import drift
-from proxyscale.config import from_dict
-from proxyscale.train import GroupRun
+from proxyscale.science import drift
+from proxyscale.core.config import from_dict
+from proxyscale.engine.train import GroupRun
 
 SHIFTS = [0.0] + [2.0**k for k in range(0, 13)]  # 1 … 4096
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from proxyscale.analysis import sensitivity_frame
+from proxyscale.core.analysis import sensitivity_frame
 
 KEYS = ["label.size", "label.model.qk_layernorm"]
 

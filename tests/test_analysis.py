@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from proxyscale.analysis import best_lr, lr_sensitivity, lr_sensitivity_coupled
+from proxyscale.core.analysis import best_lr, lr_sensitivity, lr_sensitivity_coupled
 
 GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 
@@ -41,8 +41,8 @@ def test_best_lr():
 def test_power_law_fit_and_extrapolation_uncertainty():
     import numpy as np
 
-    from proxyscale.analysis import fit_log
-    from proxyscale.instability import interval
+    from proxyscale.core.analysis import fit_log
+    from proxyscale.core.instability import interval
 
     def predict(fit, n):
         b = interval(fit, n)
@@ -64,7 +64,7 @@ def test_power_law_fit_and_extrapolation_uncertainty():
 
 
 def test_lr_sensitivity_splits_into_the_parts_below_and_above_the_best_lr():
-    from proxyscale.analysis import lr_sensitivity, lr_sensitivity_split
+    from proxyscale.core.analysis import lr_sensitivity, lr_sensitivity_split
 
     lrs = [1e-3, 1e-2, 1e-1, 1.0]
     losses = [3.0, 2.0, 2.5, float("nan")]  # best at 1e-2; the NaN counts as ℓ0 = 5

@@ -8,7 +8,7 @@ nothing (the folder holds exactly what the case put there).
 import pytest
 import yaml
 
-from proxyscale import device
+from proxyscale.engine import device
 from proxyscale.cli import main
 from tests.conftest import tiny
 
@@ -277,7 +277,8 @@ def test_out_on_a_read_only_filesystem_is_one_line(tmp_path, capsys, monkeypatch
 def test_monitor_out_naming_a_file_is_one_error_and_leaves_the_model_alone(tmp_path):
     import torch
 
-    from proxyscale import monitor, store
+    from proxyscale import monitor
+    from proxyscale.core import store
 
     model = torch.nn.Linear(4, 4)
     with pytest.raises(store.StoreError, match="monitor out=.*is a file"):
@@ -304,7 +305,7 @@ def test_header_names_the_precision_and_device_that_run(tmp_path, capsys):
 def test_running_out_of_memory_mid_run_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     """Reported: 10,000 members died after 51 s with the CPU allocator's error. The estimate refuses what it can
     see; what it cannot (here a step that fails to allocate at micro-batch 1) ends in one line, exit 2."""
-    from proxyscale import train as train_mod
+    from proxyscale.engine import train as train_mod
 
     def no_memory(self, *args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: "
@@ -321,8 +322,8 @@ def test_running_out_of_memory_mid_run_is_one_line_not_a_traceback(tmp_path, cap
 def test_the_memory_plan_counts_the_metrics_log_on_a_cpu(tmp_path, capsys, monkeypatch):
     """Reported: a 10,000-member group grew past 9.7 GB; the metrics log (members × logged steps × columns) was
     not in the plan. A group whose state and log leave no room for one sequence is refused before it allocates."""
-    from proxyscale import config
-    from proxyscale.train import GroupRun
+    from proxyscale.core import config
+    from proxyscale.engine.train import GroupRun
 
     monkeypatch.setattr(device, "free_bytes", lambda dev: 800 << 20)
     many = {"lr": [1e-3], "seed": list(range(400))}

@@ -3,8 +3,10 @@ the monitor's alarms plug in as callbacks with no loop code of their own."""
 
 import json
 
-from proxyscale import callbacks, config, monitor
-from proxyscale.train import GroupRun, train_group
+from proxyscale.engine import callbacks
+from proxyscale.core import config
+from proxyscale import monitor
+from proxyscale.engine.train import GroupRun, train_group
 
 
 class Recorder(callbacks.Callback):

@@ -6,8 +6,8 @@ import math
 import polars as pl
 import pytest
 
-from proxyscale import claims
-from proxyscale.analysis import LR_GRID
+from proxyscale.science import claims
+from proxyscale.core.analysis import LR_GRID
 
 SIZES = (1e3, 1e4, 1e5)
 AXIS = "model.qk_layernorm"

@@ -141,15 +141,15 @@ def test_light_commands_do_not_import_torch(tmp_path):
 def test_a_verdicts_numbers_print_as_text_not_markup(tmp_path, capsys, monkeypatch):
     """A verdict's detail such as "[one seed: seed noise not measured]" reaches the terminal: rich would take the
     bracketed text for a markup tag and drop it (found on the oec experiment's output)."""
-    from proxyscale import reproduce
-    from proxyscale.records import ExperimentRecord, Verdict
+    from proxyscale.jobs import reproduce
+    from proxyscale.core.records import ExperimentRecord, Verdict
 
     record = ExperimentRecord(name="fig2", title="t", scale="micro", command="c", seconds=1.0, figures=[],
                               verdicts=[Verdict("a [claim]", "not reproduced", "0.1 vs 0.2 [one seed: seed noise "
                                                 "not measured]")])
     monkeypatch.setattr(reproduce, "reproduce", lambda *a, **k: record)
-    monkeypatch.setattr("proxyscale.sweep.check_fits", lambda *a, **k: None)
-    monkeypatch.setattr("proxyscale.report.build", lambda out: out / "report.html")
+    monkeypatch.setattr("proxyscale.runs.sweep.check_fits", lambda *a, **k: None)
+    monkeypatch.setattr("proxyscale.outputs.report.build", lambda out: out / "report.html")
     assert main(["reproduce", "fig2", "--out", str(tmp_path / "r")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "[one seed: seed noise not measured]" in out and "a [claim]" in out

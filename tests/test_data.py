@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from proxyscale.config import ConfigError, DataConfig
-from proxyscale.data import Batches, cache_dir, kjv_text, load_data
+from proxyscale.core.config import ConfigError, DataConfig
+from proxyscale.engine.data import Batches, cache_dir, kjv_text, load_data
 
 
 def test_kjv_ships_offline_and_splits_deterministically():
@@ -30,7 +30,7 @@ def test_batches_are_a_function_of_seed_and_step():
 def test_text_folder_and_bpe_cache(tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
-    from proxyscale.data import synthetic_text
+    from proxyscale.engine.data import synthetic_text
 
     (folder / "a.txt").write_text(synthetic_text(3000, seed=1))
     (folder / "b.txt").write_text(synthetic_text(3000, seed=2))
@@ -58,7 +58,7 @@ def test_empty_folder_and_tiny_corpus_fail_clearly(tmp_path):
 
 def test_hugging_face_dataset_from_local_disk_and_file(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from proxyscale.data import synthetic_text
+    from proxyscale.engine.data import synthetic_text
 
     lines = synthetic_text(4000, seed=3).splitlines()
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": lines[:3600]}),

@@ -9,11 +9,13 @@ import polars as pl
 import pytest
 import torch
 
-from proxyscale import claims, config, drift, forecast, instability
-from proxyscale.monitor import Alarms
-from proxyscale.optim import lr_schedule
-from proxyscale.seeds import NOISE, NOT_REPRODUCED, REPRODUCED
-from proxyscale.train import GroupRun
+from proxyscale.science import claims, drift
+from proxyscale.core import config, instability
+from proxyscale.jobs import forecast
+from proxyscale.monitor.watch import Alarms
+from proxyscale.engine.optim import lr_schedule
+from proxyscale.core.seeds import NOISE, NOT_REPRODUCED, REPRODUCED
+from proxyscale.engine.train import GroupRun
 from tests.conftest import tiny
 from tests.test_engine import member_frame
 

@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 import torch
 
-from proxyscale.callbacks import StepEnd
-from proxyscale import config
-from proxyscale.config import ConfigError
-from proxyscale.device import StepWeights, plan_micro_batch
-from proxyscale.losses import loss_parts
-from proxyscale.optim import FlatParams, lr_at, lr_schedule
-from proxyscale.train import GroupRun, train_group
+from proxyscale.engine.callbacks import StepEnd
+from proxyscale.core import config
+from proxyscale.core.config import ConfigError
+from proxyscale.engine.device import StepWeights, plan_micro_batch
+from proxyscale.engine.losses import loss_parts
+from proxyscale.engine.optim import FlatParams, lr_at, lr_schedule
+from proxyscale.engine.train import GroupRun, train_group
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -191,7 +191,7 @@ def test_a_group_that_cannot_fit_is_refused_with_the_numbers(tmp_path, make_raw,
     assert plan_micro_batch(0, 64, 2, 10**6, 10**8, torch.device("cpu"), torch.float32, free=2**31) == 8
     with pytest.raises(ConfigError, match="train.micro_batch_size: 3 does not divide"):
         plan_micro_batch(3, 64, 1, 1, 1, torch.device("cpu"), torch.float32, free=2**30)
-    monkeypatch.setattr("proxyscale.device.free_bytes", lambda device: 1024)
+    monkeypatch.setattr("proxyscale.engine.device.free_bytes", lambda device: 1024)
     with pytest.raises(ConfigError, match="does not fit"):
         train_group(config.from_dict(make_raw(members={"lr": [1e-2, 1e-1]})), tmp_path / "big")
     assert not (tmp_path / "big").exists()  # refused before anything was written

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from proxyscale import sweep
-from proxyscale.store import StoreError
+from proxyscale.runs import sweep
+from proxyscale.core.store import StoreError
 
 ray = pytest.importorskip("ray", reason="LOUD SKIP: ray not installed (pip install 'proxyscale[ray]')")
 submitit = pytest.importorskip("submitit", reason="LOUD SKIP: submitit not installed (pip install 'proxyscale[slurm]')")

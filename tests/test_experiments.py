@@ -2,8 +2,11 @@
 
 import pytest
 
-from proxyscale import experiments, plots, reproduce, sweep
-from proxyscale.config import ConfigError
+from proxyscale import experiments
+from proxyscale.outputs import plots
+from proxyscale.jobs import reproduce
+from proxyscale.runs import sweep
+from proxyscale.core.config import ConfigError
 
 KINDS = {"lr_vs_loss", "sensitivity_vs_n", "over_steps", "metric_vs", "prediction", "loss_curves",
          "sensitivity_by_variant", "drift_law"}
@@ -118,7 +121,8 @@ def test_a_claim_that_matches_no_run_is_an_error_naming_claim_and_scale():
 
 
 def test_a_claim_lr_off_the_grid_and_a_bad_role_are_errors():
-    from proxyscale import claims, table
+    from proxyscale.science import claims
+    from proxyscale.core import table
 
     planned = table.planned(sweep.expand(reproduce.sweep_spec(reproduce.load("fig2"), "micro")))
     base = {"text": "t", "check": "ratio_at_least",
@@ -136,7 +140,7 @@ def test_laptop_scale_plan_fig1_and_fig6_share_groups_and_plan_without_training(
     """The laptop scale (issue 14): Fig 1 over micro's three sizes at 1,500 steps, fp32 on a CPU; Fig 6's
     independent-decay groups are Fig 1's; --plan prints it and writes nothing."""
     from proxyscale.cli import main
-    from proxyscale.device import resolve_precision
+    from proxyscale.engine.device import resolve_precision
 
     groups = sweep.expand(reproduce.sweep_spec(reproduce.load("fig1"), "laptop"))
     assert len(groups) == 6 and {g.cfg.train.steps for g in groups} == {1500}
@@ -155,7 +159,9 @@ def test_laptop_scale_plan_fig1_and_fig6_share_groups_and_plan_without_training(
 def test_forecast_ladders_come_from_scales_yaml():
     from pathlib import Path
 
-    from proxyscale import config, experiments, forecast
+    from proxyscale.core import config
+    from proxyscale import experiments
+    from proxyscale.jobs import forecast
 
     assert set(experiments.FORECAST_LADDERS) == {"micro", "laptop", "mini", "small"}
     target = config.load(str(Path(__file__).parents[1] / "examples" / "target.yaml"))

@@ -8,8 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from proxyscale import extrapolation, forecast, instability
-from proxyscale.records import DIVERGENCE_AT_LR, ForecastRecord
+from proxyscale.science import extrapolation
+from proxyscale.jobs import forecast
+from proxyscale.core import instability
+from proxyscale.core.records import DIVERGENCE_AT_LR, ForecastRecord
 
 SIZES = [1e4, 1e5, 1e6]
 HELD = 1e7

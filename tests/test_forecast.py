@@ -8,7 +8,10 @@ import polars as pl
 import pytest
 import yaml
 
-from proxyscale import config, extrapolation, forecast, instability, sweep
+from proxyscale.core import config, instability
+from proxyscale.science import extrapolation
+from proxyscale.jobs import forecast
+from proxyscale.runs import sweep
 from proxyscale.cli import main
 
 
@@ -132,7 +135,7 @@ def test_forecast_command_end_to_end_on_a_tiny_ladder(make_raw, tmp_path, monkey
         assert len(list((tmp_path / "o" / "groups").glob("*/tensorboard/m00_*"))) == 4
     out = " ".join(capsys.readouterr().out.split())
     assert "attention-logit growth:" in out and "update collapse from ε:" in out and "backtest" in out
-    from proxyscale.records import FORECAST_CAUSES, ForecastRecord
+    from proxyscale.core.records import FORECAST_CAUSES, ForecastRecord
 
     rec = ForecastRecord.read(tmp_path / "o" / "forecast")
     assert rec.target["width"] == 512 and len(rec.verdicts) == 4 and rec.backtest["held_out_n"] > 0
@@ -214,7 +217,7 @@ def test_the_pooled_forms_band_is_the_pooled_band_plus_the_form_gap():
 
 
 def test_the_validation_example_builds_every_variant(tmp_path):
-    """examples/forecast_validation.py (the README's coverage table): each variant is a valid target whose ladder
+    """examples/forecast_validation.py (docs/forecasting.md's coverage table): each variant is a valid target whose ladder
     carries its changes, seed and scale; at least 8 ladders over micro and laptop, the tuning ones among them and
     not all of them; nothing is trained here."""
     import importlib.util
@@ -224,7 +227,7 @@ def test_the_validation_example_builds_every_variant(tmp_path):
     spec = importlib.util.spec_from_file_location("forecast_validation", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from proxyscale import sweep
+    from proxyscale.runs import sweep
 
     for name, (_label, _file, changes, seed, scale) in module.VARIANTS.items():
         ladder, target = module.variant(name, tmp_path)

@@ -6,7 +6,11 @@ import math
 import polars as pl
 import pytest
 
-from proxyscale import claims, forecast, instability, monitor, plots
+from proxyscale.science import claims
+from proxyscale.jobs import forecast
+from proxyscale.core import instability
+from proxyscale import monitor
+from proxyscale.outputs import plots
 
 
 def runs(losses, lrs=(1e-3, 1e-2, 1e-1, 1.0), size="s0", diverged=None, **extra):
@@ -37,7 +41,7 @@ def test_threshold_between_stable_and_unstable_or_none():
 
 
 def test_interval_is_the_fit_with_students_t_80_percent_band():
-    from proxyscale.analysis import fit_log
+    from proxyscale.core.analysis import fit_log
 
     x = [1e3, 1e4, 1e5, 1e6]
     exact = instability.interval(fit_log(x, [2 * v**0.5 for v in x]), 1e8)

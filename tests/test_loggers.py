@@ -8,8 +8,9 @@ import polars as pl
 import pytest
 import yaml
 
-from proxyscale.callbacks import StepEnd
-from proxyscale import config, sweep, table
+from proxyscale.engine.callbacks import StepEnd
+from proxyscale.core import config, table
+from proxyscale.runs import sweep
 from proxyscale.cli import main
 
 pytest.importorskip("tensorboard", reason="LOUD SKIP: tensorboard not installed (pip install 'proxyscale[tensorboard]')")
@@ -121,7 +122,7 @@ def test_a_resumed_group_logs_each_step_once(tmp_path, make_raw, monkeypatch):
     """Interrupted after step 6 with a checkpoint at step 4: steps 4-6 were logged and come again on resume.
     TensorBoard shows each step once, with the resumed values (those of metrics.parquet); W&B continues the same
     run ids."""
-    from proxyscale.train import train_group
+    from proxyscale.engine.train import train_group
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = config.from_dict(make_raw(train={"steps": 10, "eval_every": 5, "checkpoint_every": 4, "log_every": 1,

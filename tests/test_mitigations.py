@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from proxyscale import config
-from proxyscale.config import ConfigError, Member, OptimConfig
-from proxyscale.data import Batches
-from proxyscale.losses import loss_parts, total_loss
-from proxyscale.model import Caps, ParamSpec, ProxyGPT, softcap
-from proxyscale.optim import BatchedAdamW, FlatParams, lr_schedule, qk_clip
-from proxyscale.train import GroupRun
+from proxyscale.core import config
+from proxyscale.core.config import ConfigError, Member, OptimConfig
+from proxyscale.engine.data import Batches
+from proxyscale.engine.losses import loss_parts, total_loss
+from proxyscale.engine.model import Caps, ParamSpec, ProxyGPT, softcap
+from proxyscale.engine.optim import BatchedAdamW, FlatParams, lr_schedule, qk_clip
+from proxyscale.engine.train import GroupRun
 from tests.conftest import tiny
 from tests.test_engine import assert_close, member_frame, run
 
@@ -101,7 +101,7 @@ def test_every_switch_off_is_todays_group_bit_for_bit(tmp_path, case):
             assert final[m] == pytest.approx(golden["final_eval_loss"][m], rel=GOLDEN_REL), m
         assert mine == pytest.approx(theirs, rel=GOLDEN_REL), m
     # and the run id is the one it had before the switches existed: cached results stay valid
-    from proxyscale import table
+    from proxyscale.core import table
     cfg = config.from_dict(named_off)
     assert table.identity(cfg) == table.identity(config.from_dict(raw))
     assert not any(k in json.dumps(table.identity(cfg)) for k in ("softcap", "qk_clip", "zclip", "optimizer"))
@@ -248,7 +248,7 @@ def test_batched_newton_schulz_equals_torchs_per_matrix():
     and to bf16's resolution in bf16 (what both run)."""
     import torch.optim._muon as muon_mod
 
-    from proxyscale import optim
+    from proxyscale.engine import optim
 
     torch.manual_seed(0)
     g = torch.randn(6, 16, 64)
@@ -274,7 +274,7 @@ def test_muon_equals_torch_optim_muon_plus_adamw_in_a_plain_loop(tmp_path, adjus
     of 4e-3 a step compounds over 20 steps to ~1e-3 in the weights, which would hide a real difference."""
     import torch.optim._muon as muon_mod
 
-    from proxyscale import optim
+    from proxyscale.engine import optim
 
     monkeypatch.setattr(optim, "NS_DTYPE", torch.float32)
     monkeypatch.setattr(muon_mod, "_zeropower_via_newtonschulz", _torch_newton_schulz_in(torch.float32))
@@ -417,7 +417,7 @@ def test_completep_at_the_base_depth_is_the_standard_model_bit_for_bit(tmp_path)
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_completep_scales_the_residual_lr_and_eps_as_the_reference(alpha):
-    from proxyscale.model import depth_eps_mult, param_specs, residual_scale
+    from proxyscale.engine.model import depth_eps_mult, param_specs, residual_scale
 
     m = config.ModelConfig(width=32, depth=8, heads=2, depth_alpha=alpha, base_depth=2)
     assert residual_scale(m) == pytest.approx(4 ** -alpha)
@@ -438,7 +438,7 @@ def test_reordered_and_qkv_norms_follow_their_formulas():
     """One block by hand: OLMo 2's x + Norm(Attn(x)), h + Norm(MLP(h)); QKV-layernorm normalises v as q and k."""
     import torch.nn.functional as F
 
-    from proxyscale.model import init_params
+    from proxyscale.engine.model import init_params
 
     for placement, qkv in (("reordered", False), ("pre", True)):
         m = config.ModelConfig(width=16, depth=1, heads=2, qkv_layernorm=qkv, norm_placement=placement)
@@ -457,7 +457,7 @@ def test_reordered_and_qkv_norms_follow_their_formulas():
         q, k = ln(q, p["q_norm"]), ln(k, p["k_norm"])
         if qkv:
             v = ln(v, p["v_norm"])
-        from proxyscale.model import _rope
+        from proxyscale.engine.model import _rope
         q, k = _rope(q, model.cos[:8], model.sin[:8]), _rope(k, model.cos[:8], model.sin[:8])
         a = F.scaled_dot_product_attention(*(z.permute(0, 1, 3, 2, 4).reshape(2, 2, 8, 8) for z in (q, k, v)),
                                            is_causal=True).view(1, 2, 2, 8, 8).permute(0, 1, 3, 2, 4).reshape(1, 2, 8, 16)
@@ -477,7 +477,7 @@ def test_the_results_table_reads_what_each_switch_did():
     fraction and δ after it first fired, and ZClip's fraction of steps clipped."""
     import polars as pl
 
-    from proxyscale.table import mitigation_columns
+    from proxyscale.core.table import mitigation_columns
 
     metrics = pl.DataFrame({"step": [0, 1, 2, 3, 4, 5], "loss": [3.0, 2.9, 2.8, 2.7, 2.6, None],
                             "attn_logit_max/0": [150.0, 110.0, 105.0, 90.0, 80.0, None],
@@ -497,7 +497,7 @@ def test_the_results_table_reads_what_each_switch_did():
 def test_the_forecast_ladder_trains_with_the_targets_mitigations_and_its_verdicts_name_them():
     import polars as pl
 
-    from proxyscale import forecast
+    from proxyscale.jobs import forecast
 
     target = config.from_dict(tiny(optim={"optimizer": "muon", "qk_clip": 100.0, "lr": 1e-2},
                                    model={"attn_softcap": 50.0}))
@@ -518,7 +518,9 @@ def test_the_beyond_experiments_are_listed_after_the_papers_and_share_its_groups
     """``reproduce beyond`` runs the eight families; ``all`` stays the paper's. A family's baseline groups are other
     experiments' groups (the same run ids), so they train once: norms' baseline is fig1's qk-layernorm group,
     atan2's AdamW group is fig12's, muon's AdamW groups are qkclip's."""
-    from proxyscale import experiments, reproduce, sweep
+    from proxyscale import experiments
+    from proxyscale.jobs import reproduce
+    from proxyscale.runs import sweep
 
     assert experiments.names()[-len(experiments.BEYOND):] == list(experiments.BEYOND)
     assert len(experiments.BEYOND) == 9  # the seven families of issue 16, OEC and its drift law (issue 23)
@@ -534,8 +536,8 @@ def _resumed_equals_uninterrupted(tmp_path, raw, at: int):
     the whole run's metrics after asserting both runs logged the same numbers."""
     import polars as pl
 
-    from proxyscale.callbacks import StepEnd
-    from proxyscale.train import train_group
+    from proxyscale.engine.callbacks import StepEnd
+    from proxyscale.engine.train import train_group
 
     cfg = config.from_dict(raw)
     train_group(cfg, tmp_path / "full")
@@ -582,7 +584,7 @@ def test_train_prints_a_switch_that_is_off_as_off(tmp_path, capsys):
 def test_mu_norm_is_the_norm_of_the_mean_output_row_by_hand(tmp_path):
     """‖μ‖ per member from the master weights equals the hand computation: the mean over the vocabulary of the
     output layer (``unembed`` [K, D, V]), or of the tied embedding ([K, V, D])."""
-    from proxyscale.optim import mu_norm
+    from proxyscale.engine.optim import mu_norm
 
     for tied in (False, True):
         run_ = GroupRun(config.from_dict(tiny(model={"tied_embeddings": tied}, members={"lr": [1e-2, 1e-1]})),
@@ -595,7 +597,7 @@ def test_mu_norm_is_the_norm_of_the_mean_output_row_by_hand(tmp_path):
 def test_mu_centering_pins_mu_and_the_mean_logit_at_zero_and_leaves_other_members_alone(tmp_path):
     """After every step a centred member's μ is 0 to float tolerance, so its mean output logit (μ·h̄) is 0 too;
     the member without centering drifts, and is bit-identical to the same member in a group without centering."""
-    from proxyscale.optim import mu_norm
+    from proxyscale.engine.optim import mu_norm
 
     raw = tiny(optim={"weight_decay": 0.0, "z_loss": 0.0}, members={"lr": [0.1], "mu_centering": [False, True]})
     run_ = GroupRun(config.from_dict(raw), tmp_path / "g")

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from proxyscale.config import ModelConfig
-from proxyscale.model import ProxyGPT, count_params, init_params, param_specs
+from proxyscale.core.config import ModelConfig
+from proxyscale.engine.model import ProxyGPT, count_params, init_params, param_specs
 
 
 def test_init_effective_std_matches_paper():

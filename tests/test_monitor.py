@@ -138,7 +138,7 @@ def test_actions_stop_and_skip(tmp_path):
 def test_eps_forecast_named_and_bound(tmp_path):
     model = NanoGPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1.0)  # ε far above any gradient RMS
-    from proxyscale.records import ForecastRecord
+    from proxyscale.core.records import ForecastRecord
 
     ForecastRecord(n_target=1e9, lr=1e-3, trends={"attn_logit_max/0": {"ok": True, "high": 1e-3}},
                    verdicts=[]).write(tmp_path / "forecast.json")

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from proxyscale.config import Member, OptimConfig
-from proxyscale.losses import loss_parts, total_loss
-from proxyscale.model import ParamSpec
-from proxyscale.optim import BatchedAdamW, FlatParams, lr_schedule
+from proxyscale.core.config import Member, OptimConfig
+from proxyscale.engine.losses import loss_parts, total_loss
+from proxyscale.engine.model import ParamSpec
+from proxyscale.engine.optim import BatchedAdamW, FlatParams, lr_schedule
 
 
 def member(**kw) -> Member:

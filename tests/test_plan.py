@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxyscale.callbacks import StepEnd
-from proxyscale import device, plan, sweep, table
+from proxyscale.engine.callbacks import StepEnd
+from proxyscale.engine import device
+from proxyscale.runs import plan, sweep
+from proxyscale.core import table
 from proxyscale.cli import main
-from proxyscale.train import train_group
+from proxyscale.engine.train import train_group
 
 
 def tiny_spec(make_raw):
@@ -84,7 +86,7 @@ def test_every_run_prints_its_totals_first(tmp_path, make_raw, capsys):
 def test_what_a_plan_shows_is_what_will_run(tmp_path, capsys, monkeypatch):
     """Issue 21 §5: ``reproduce beyond --plan`` is titled with beyond (not all), and a forecast's plan names the
     switches its ladder trains with (examples/target_muonclip.yaml: Muon and QK-clip, qk-layernorm off)."""
-    from proxyscale import plan
+    from proxyscale.runs import plan
 
     monkeypatch.setattr(plan, "probe_step_seconds", lambda cfg: 0.01)  # the titles, not the probe, are tested here
     assert main(["reproduce", "beyond", "--out", str(tmp_path / "r"), "--plan"]) == 0

@@ -3,7 +3,9 @@
 import polars as pl
 import pytest
 
-from proxyscale import plots, records, report, sweep
+from proxyscale.outputs import plots, report
+from proxyscale.core import records
+from proxyscale.runs import sweep
 
 ARGS = {  # kind: arguments beyond results/path/pool, as an experiment file would give them
     "lr_vs_loss": {"panels": "model.qk_layernorm"},
@@ -63,7 +65,7 @@ def test_the_report_is_built_from_records(tmp_path):
 
 
 def test_reproduce_beyond_summarises_the_families_it_finds(ran, tmp_path):
-    from proxyscale import reproduce
+    from proxyscale.jobs import reproduce
 
     results, _ = ran
     assert reproduce.summarise_beyond(tmp_path, "micro") is None  # nothing reproduced: nothing written
@@ -97,7 +99,7 @@ def test_report_accepts_what_train_writes(tmp_path, capsys, make_raw):
     for m in summary.members:  # each member's final eval loss in the table
         assert f"{m['final_eval_loss']:.4g}" in page
     assert (tmp_path / "run" / "figures" / "group.png").exists()
-    from proxyscale import store
+    from proxyscale.core import store
     assert store.damage(tmp_path / "run") is None  # the report's files leave the finished group whole
     capsys.readouterr()
     (tmp_path / "half").mkdir()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import yaml
 
-from proxyscale import progress
+from proxyscale.runs import progress
 
 
 def proxyscale(*args, **kw):
@@ -93,7 +93,7 @@ def test_sigterm_to_a_sweep_is_one_line_and_the_rerun_finishes(tmp_path, make_ra
 def test_the_eta_counts_what_running_groups_have_done_and_the_queue_by_workers(capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from proxyscale import config
+    from proxyscale.core import config
 
     cfg = config.from_dict({"train": {"steps": 10}})
     groups = [SimpleNamespace(id=f"g{i}", cfg=cfg, labels={"size": f"s{i}"}) for i in range(4)]
@@ -149,7 +149,7 @@ def test_a_sweep_prints_each_running_group_from_its_heartbeat_file_every_minute(
     sweep's lines read it: step, loss, tokens/s per running group and the ETA of the whole command."""
     from types import SimpleNamespace
 
-    from proxyscale import config
+    from proxyscale.core import config
 
     cfg = config.from_dict({"train": {"steps": 1500}, "members": {"lr": [1e-3 * 2**i for i in range(7)]}})
     groups = [SimpleNamespace(id=f"group{i}", cfg=cfg, labels={"size": f"d{32 * (i + 1)}"}) for i in range(3)]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from proxyscale import records
+from proxyscale.core import records
 
 
 def test_an_experiment_record_round_trips_and_a_damaged_one_is_named(tmp_path):
@@ -28,8 +28,8 @@ def test_forecast_verdicts_are_keyed_by_cause():
 
 
 def test_a_group_summary_round_trips_and_reads_summaries_written_before_device_was_recorded(make_raw, tmp_path):
-    from proxyscale import config
-    from proxyscale.train import train_group
+    from proxyscale.core import config
+    from proxyscale.engine.train import train_group
 
     summary, _ = train_group(config.from_dict(make_raw(train={"steps": 4, "eval_every": 2})), tmp_path / "g")
     assert isinstance(summary, records.GroupSummary) and summary.steps == 4 and summary.device == "cpu"

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxyscale import report, store
+from proxyscale.outputs import report
+from proxyscale.core import store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -8,8 +8,11 @@ import matplotlib.axes
 import polars as pl
 import pytest
 
-from proxyscale import claims, config, plots, seeds, sweep
-from proxyscale.analysis import LR_GRID, sensitivity_frame, sensitivity_summary
+from proxyscale.science import claims
+from proxyscale.core import config, seeds
+from proxyscale.outputs import plots
+from proxyscale.runs import sweep
+from proxyscale.core.analysis import LR_GRID, sensitivity_frame, sensitivity_summary
 from tests.conftest import tiny
 from tests.test_engine import assert_close, member_frame, run
 
@@ -155,7 +158,9 @@ def test_figures_draw_the_spread_over_seeds(tmp_path, monkeypatch):
 
 
 def test_the_forecast_fits_through_every_seed_and_scores_each_held_out_seed():
-    from proxyscale import extrapolation, forecast, instability
+    from proxyscale.science import extrapolation
+    from proxyscale.jobs import forecast
+    from proxyscale.core import instability
 
     def logit(i, s, lr):
         return 2.0 * (10 ** (i + 3)) ** 0.5 * (1.0 + 0.1 * s) * lr / 1e-2

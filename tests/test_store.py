@@ -15,11 +15,12 @@ import pytest
 import torch
 import yaml
 
-from proxyscale.callbacks import StepEnd
-from proxyscale import config, store, sweep
+from proxyscale.engine.callbacks import StepEnd
+from proxyscale.core import config, store
+from proxyscale.runs import sweep
 from proxyscale.cli import main
-from proxyscale.store import StoreError
-from proxyscale.train import train_group
+from proxyscale.core.store import StoreError
+from proxyscale.engine.train import train_group
 
 
 def cfg_of(make_raw, **train):
@@ -157,7 +158,7 @@ def test_damage_found_while_collecting_is_one_line_naming_the_group(tmp_path, ma
 
 
 def test_report_sets_aside_a_damaged_record_and_says_so(tmp_path, capsys):
-    from proxyscale import report
+    from proxyscale.outputs import report
 
     rec = {"name": "figX", "title": "t", "scale": "micro", "command": "c", "seconds": 1.0, "figures": [],
            "verdicts": [{"claim": "c", "verdict": "reproduced", "detail": "d"}]}

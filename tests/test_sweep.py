@@ -5,9 +5,10 @@ import polars as pl
 import yaml
 import pytest
 
-from proxyscale import claims, sweep
+from proxyscale.science import claims
+from proxyscale.runs import sweep
 from proxyscale.cli import main
-from proxyscale.config import ConfigError
+from proxyscale.core.config import ConfigError
 
 
 def spec(make_raw, **over):
@@ -108,7 +109,7 @@ def test_claim_check_both_verdicts():
 
 
 def test_report_builds_from_a_tiny_reproduction(tmp_path, monkeypatch):
-    from proxyscale import reproduce
+    from proxyscale.jobs import reproduce
 
     exp = reproduce.load("fig2")
     tiny = exp["scales"]["micro"]["spec"]

@@ -6,8 +6,10 @@ import polars as pl
 import pytest
 import yaml
 
-from proxyscale import claims, config, sweep, table
-from proxyscale.config import ConfigError
+from proxyscale.science import claims
+from proxyscale.core import config, table
+from proxyscale.runs import sweep
+from proxyscale.core.config import ConfigError
 
 
 def rows(**cols):
@@ -60,7 +62,7 @@ def test_selectors_share_one_tolerance():
 
 
 def test_train_and_sweep_share_one_identity(make_raw, tmp_path):
-    from proxyscale.train import train_group
+    from proxyscale.engine.train import train_group
 
     cfg = config.from_dict(make_raw(train={"steps": 4, "eval_every": 2}))
     other_threads = config.from_dict(make_raw(train={"steps": 4, "eval_every": 2, "threads": 2}))
@@ -78,7 +80,7 @@ def test_train_and_sweep_share_one_identity(make_raw, tmp_path):
 def test_every_diagnostic_is_its_own_column_in_claims_and_figures():
     """A figure or claim naming a diagnostic by its bare name (``mu_norm``, ``log_z_mean``) reads that column, not a
     label of that name (found running the oec experiment: ``metric_vs`` looked for ``label.mu_norm``)."""
-    from proxyscale import table
+    from proxyscale.core import table
 
     assert all(table.col(d) == d for d in table.DIAGNOSTICS)
     assert table.col("model.qk_layernorm") == "label.model.qk_layernorm"

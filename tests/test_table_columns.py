@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyscale import table
+from proxyscale.core import table
 
 COLUMNS = {table.SIZE, table.LR, table.N_PARAMS, table.FINAL_LOSS, table.L0, table.DIVERGED}
 SRC = Path(table.__file__).parent

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from proxyscale import threads
+from proxyscale.engine import threads
 
 
 def test_choose_never_takes_more_than_the_free_cores_nor_its_share():
@@ -106,8 +106,8 @@ def test_set_wait_policy_applies_the_choice_for_the_measured_load(monkeypatch):
 
 
 def test_auto_threads_group_records_the_threads_it_took(tmp_path, make_raw):
-    from proxyscale import config
-    from proxyscale.train import train_group
+    from proxyscale.core import config
+    from proxyscale.engine.train import train_group
 
     raw = make_raw(train={"threads": 0, "steps": 4, "eval_every": 2})
     summary, _ = train_group(config.from_dict(raw), tmp_path / "g", thread_cap=1)
@@ -117,8 +117,8 @@ def test_auto_threads_group_records_the_threads_it_took(tmp_path, make_raw):
 def test_a_sweep_worker_starts_at_its_share_and_may_grow_into_freed_cores(make_raw):
     from pathlib import Path
 
-    from proxyscale import config
-    from proxyscale.train import GroupRun
+    from proxyscale.core import config
+    from proxyscale.engine.train import GroupRun
 
     run = GroupRun(config.from_dict(make_raw(train={"threads": 0})), Path("/nonexistent"), thread_cap=1, thread_max=2)
     assert run.rebalancer is not None and run.rebalancer.threads == 1 and run.rebalancer.cap == 2

@@ -3,9 +3,9 @@ import math
 import polars as pl
 import pytest
 
-from proxyscale.callbacks import StepEnd
-from proxyscale import config
-from proxyscale.train import train_group
+from proxyscale.engine.callbacks import StepEnd
+from proxyscale.core import config
+from proxyscale.engine.train import train_group
 
 
 def run(tmp_path, raw, name="run", **kw):

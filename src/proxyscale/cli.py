@@ -20,17 +20,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import threads
-
-from . import config as config_mod  # noqa: E402
-from .callbacks import Callback  # noqa: E402
-from . import store  # noqa: E402
-from .config import MEMBER_SCALARS, ConfigError  # noqa: E402
+from .engine import threads
+from .core import config as config_mod  # noqa: E402
+from .engine.callbacks import Callback  # noqa: E402
+from .core import store  # noqa: E402
+from .core.config import MEMBER_SCALARS, ConfigError  # noqa: E402
 from .experiments import FORECAST_LADDERS, SCALES  # noqa: E402
-from .progress import Lines  # noqa: E402
-from .records import GroupSummary  # noqa: E402
-from .seeds import NOISE, fold_spread  # noqa: E402
-from .store import StoreError  # noqa: E402
+from .outputs.links import page  # noqa: E402
+from .runs.progress import Lines  # noqa: E402
+from .core.records import GroupSummary  # noqa: E402
+from .core.seeds import NOISE, fold_spread  # noqa: E402
+from .core.store import StoreError  # noqa: E402
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
@@ -87,7 +87,7 @@ class _Header(Callback):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train_group  # deferred: torch loads only for commands that train
+    from .engine.train import train_group  # deferred: torch loads only for commands that train
 
     cfg = config_mod.load(args.config, args.set + ([f"train.log_to={args.log_to}"] if args.log_to else []))
     out = Path(args.out)
@@ -126,7 +126,7 @@ def _labels(labels: dict) -> str:
 
 def plan_table(p: Any, title: str) -> Table:
     """One row per group: what it is, its cost, what the pool holds, the estimate."""
-    from .plan import fmt_count, fmt_seconds
+    from .runs.plan import fmt_count, fmt_seconds
 
     table = Table(title=title)
     switches = any(_labels(g.labels) for g in p.groups)
@@ -143,7 +143,7 @@ def plan_table(p: Any, title: str) -> Table:
 
 def plan_line(p: Any) -> str:
     """The plan's totals in one line: groups by pool state, runs, tokens, FLOPs and the estimate."""
-    from .plan import fmt_count, fmt_seconds, summary
+    from .runs.plan import fmt_count, fmt_seconds, summary
 
     t = summary(p)
     line = (f"{t['groups']} groups ({t['done']} done, {t['resuming']} resuming, {t['new']} new), {t['runs']} runs, "
@@ -164,7 +164,7 @@ def _print_plan(p: Any, title: str) -> None:
 
 def _plan_before_run(groups: list, pool: Path, title: str) -> None:
     """Every run prints its totals; a long one probes and prints its whole plan first."""
-    from . import plan
+    from .runs import plan
 
     p = plan.make(groups, pool)
     if p.tokens_left > plan.LONG_TOKENS:
@@ -175,7 +175,7 @@ def _plan_before_run(groups: list, pool: Path, title: str) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import plan, sweep
+    from .runs import plan, sweep
 
     spec = sweep.with_log_to(sweep.load_spec(args.spec), args.log_to)
     if args.seeds is not None:
@@ -197,7 +197,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import experiments  # the catalogue only: listing imports no torch, validates nothing
+    from . import experiments# the catalogue only: listing imports no torch, validates nothing
 
     table = Table(title="experiments (proxyscale reproduce NAME)")
     for col in ("name", "title", "scales"):
@@ -233,14 +233,15 @@ def sensitivity_table(rows: list[dict], title: str) -> Table:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from . import plan, report, reproduce, sweep
-
+    from .runs import plan, sweep
+    from .outputs import report
+    from .jobs import reproduce
     from . import experiments
 
     names = experiments.SETS[args.name]() if args.name in experiments.SETS else [args.name]
     out = Path(args.out)
     store.check_dir(out)
-    from .executors import executor_config
+    from .runs.executors import executor_config
 
     ex = executor_config(None, _executor(args))  # flags checked before anything runs
     groups = {}
@@ -283,7 +284,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def _print_experiments_plan(p: Any, groups: dict[str, list], name: str, scale: str) -> None:
     """``reproduce all|beyond --plan``: one row per experiment (shared groups appear in each), then the unique
     total."""
-    from .plan import Plan, fmt_count, fmt_seconds, summary
+    from .runs.plan import Plan, fmt_count, fmt_seconds, summary
 
     by_id = {g.id: g for g in p.groups}
     table = Table(title=f"plan: reproduce {name} --scale {scale}")
@@ -302,8 +303,10 @@ def _print_experiments_plan(p: Any, groups: dict[str, list], name: str, scale: s
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
-    from . import forecast, plan, report, sweep
-    from .executors import executor_config
+    from .jobs import forecast
+    from .runs import plan, sweep
+    from .outputs import report
+    from .runs.executors import executor_config
 
     out = Path(args.out)
     store.check_dir(out)
@@ -383,7 +386,7 @@ def drift_backtest_line(laws: dict, how: str = "held out at the largest integrat
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report
+    from .outputs import report
 
     root = Path(args.dir)
     store.check_dir(root, "report")
@@ -445,9 +448,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="proxyscale", description="Small-scale proxies for large-scale "
-                     "Transformer training instabilities (Wortsman et al. 2023).")
+                     "Transformer training instabilities (Wortsman et al. 2023).",
+                     epilog=f"documentation: {page('index')} (in the source tree; browse it offline with mkdocs serve); "
+                     f"the configuration fields: {page('config')}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("train", help="train one group of K members (an LR grid, ...) from a YAML file")
+    p = sub.add_parser("train", epilog=f"docs: {page('train')}", help="train one group of K members (an LR grid, ...) from a YAML file")
     p.add_argument("config", help="group YAML: sections model, data, train, optim, members")
     p.add_argument("--out", required=True, help="run directory (resumed if interrupted, skipped if finished)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -455,16 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _log_to_flag(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("sweep", help="run a declarative sweep (sizes x switches x member scalars) into DIR")
+    p = sub.add_parser("sweep", epilog=f"docs: {page('sweep')}", help="run a declarative sweep (sizes x switches x member scalars) into DIR")
     p.add_argument("spec", help="sweep YAML: base, sizes, axes, members")
     p.add_argument("--out", required=True, help="sweep directory (finished groups are skipped)")
     _executor_flags(p)
     p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what DIR already holds "
                    "and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("list", help="list the paper's experiments")
+    p = sub.add_parser("list", epilog=f"docs: {page('reproduce')}", help="list the paper's experiments")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("reproduce", help="run an experiment of the paper: sweep, figures, verdicts, report")
+    p = sub.add_parser("reproduce", epilog=f"docs: {page('reproduce')}", help="run an experiment of the paper: sweep, figures, verdicts, report")
     p.add_argument("name", help="experiment name (see: proxyscale list), all (the paper's) or beyond (the "
                    "mitigations after it)")
     p.add_argument("--scale", default="micro", choices=list(SCALES),
@@ -475,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="print the groups, tokens, FLOPs, what the output root "
                    "already holds and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_reproduce)
-    p = sub.add_parser("forecast", help="forecast a target run's instabilities from a ladder of proxies")
+    p = sub.add_parser("forecast", epilog=f"docs: {page('forecast')}", help="forecast a target run's instabilities from a ladder of proxies")
     p.add_argument("target", help="group YAML of the run to forecast (its optim.lr is the target LR)")
     p.add_argument("--scale", default="micro", choices=list(FORECAST_LADDERS), help="the ladder to train")
     p.add_argument("--out", default="runs/forecast", help="output root (default runs/forecast)")
@@ -485,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="print the ladder's groups, tokens, FLOPs, what the output "
                    "root already holds and a wall-time estimate from a short probe; train nothing")
     p.set_defaults(func=cmd_forecast)
-    p = sub.add_parser("report", help="write DIR/report.html from reproduced experiments")
+    p = sub.add_parser("report", epilog=f"docs: {page('reproduce')}", help="write DIR/report.html from reproduced experiments")
     p.add_argument("dir")
     p.set_defaults(func=cmd_report)
     return parser

@@ -1,6 +1,8 @@
 """The experiments catalogue: one YAML file per experiment of the paper, and ``scales.yaml``, the one list of scale
 names with each scale's base settings and the named LR grids. Reading the names imports nothing heavy (no torch),
-so ``proxyscale --help`` and ``list`` stay light."""
+so ``proxyscale --help`` and ``list`` stay light.
+
+May import: nothing of proxyscale (the bottom layer: every other layer may read it)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ SCALES_FILE = FOLDER / "scales.yaml"
 
 
 BEYOND = ("softcap", "qkclip", "muon", "atan2", "zclip", "completep", "norms", "oec", "drift")
-"""The mitigations adopted after the paper, one experiment per family, under the paper's lens (README: "Beyond the
-paper"), in this order."""
+"""The mitigations adopted after the paper, one experiment per family, under the paper's lens (docs/beyond.md), in
+this order."""
 
 
 def names() -> list[str]:
