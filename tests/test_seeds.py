@@ -128,6 +128,43 @@ def test_lower_at_every_size_has_three_verdicts_with_seeds(gap, expected):
     assert state == expected, detail
 
 
+def _with_logit(logit):
+    """``results`` (3 seeds) with a layer-0 logit ``logit(v, i, s, lr)`` for qk-layernorm v, size i, seed s."""
+    r = results(GROWS, 3)
+    values = [logit(v, int(size[1:]), s, lr) for v, size, s, lr in
+              zip(r[f"label.{AXIS}"], r["label.size"], r["member.seed"], r["member.lr"])]
+    return r.with_columns(pl.Series("attn_logit_max/0", values))
+
+
+@pytest.mark.parametrize("logit, expected", [
+    (lambda v, i, s, lr: (200.0 + 10 * s) if v == "off" else 10.0, "reproduced"),  # 20x at every size and seed
+    (lambda v, i, s, lr: (30.0 + s) if v == "off" else 10.0, "not reproduced"),  # 3x: below the 10x asked
+    (lambda v, i, s, lr: ([30.0, 300.0, 100.0][s] if i == 1 else 200.0) if v == "off" else 10.0,
+     "within seed noise"),  # at one size the seeds give 3x, 30x and 10x
+], ids=["above", "below", "noise"])
+def test_a_ratio_claim_has_three_verdicts_with_seeds(logit, expected):
+    state, detail = claims.ratio_at_least(_with_logit(logit), "attn_logit_max/0", AXIS, "off", "head", 10.0)
+    assert state == expected, detail
+    assert "over 3 seeds" in detail
+
+
+@pytest.mark.parametrize("logit, expected", [
+    (lambda v, i, s, lr: 10 * lr ** (0.5 + 0.1 * s), "reproduced"),  # rises with LR in every seed
+    (lambda v, i, s, lr: 10 * lr ** (-0.5 - 0.1 * s), "not reproduced"),  # falls in every seed
+    (lambda v, i, s, lr: 10 * lr ** [0.5, -0.6, 0.05][s], "within seed noise"),  # the seeds disagree
+], ids=["rises", "falls", "noise"])
+def test_a_trend_claim_has_three_verdicts_with_seeds(logit, expected):
+    state, detail = claims.trend(_with_logit(logit), "attn_logit_max/0", "member.lr", 1)
+    assert state == expected, detail
+    assert "over 3 seeds" in detail
+
+
+def test_a_trend_claim_at_one_seed_is_the_point_rule_and_says_so():
+    one = _with_logit(lambda v, i, s, lr: 10 * lr ** [0.5, -0.6, 0.05][s]).filter(pl.col("member.seed") == 0)
+    state, detail = claims.trend(one, "attn_logit_max/0", "member.lr", 1)
+    assert state == "reproduced" and "one seed: seed noise not measured" in detail
+
+
 def test_evaluate_records_the_third_verdict():
     claim = {"text": "grows", "check": "sensitivity_increases_with_n", "args": {"axis": AXIS, "value": "off"}}
     (v,) = claims.evaluate([claim], results(NOISY, 3))

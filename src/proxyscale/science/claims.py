@@ -7,12 +7,14 @@ Where the runs hold several seeds (``seeds``: init seeds on the member axis, dat
 of LR sensitivity judge each claim against the seed noise by the rule written in ``seeds`` (chosen before the
 laptop runs with seeds were read): the claim's statistic per seed, its 80% interval over seeds, and one of three
 verdicts, *reproduced*, *not reproduced* or *within seed noise*. Those checks are ``sensitivity_lower``,
-``sensitivity_increases_with_n``, ``gap_grows_with_n``, ``sensitivity_slope_larger`` and ``best_loss_lower``.
-The other checks compare means over the runs they select, seeds included, and say so.
+``sensitivity_increases_with_n``, ``gap_grows_with_n``, ``sensitivity_slope_larger`` and ``best_loss_lower``, and
+the two generic ones most figures use: ``trend`` (a slope per seed) and ``ratio_at_least`` (log10 of the ratio
+per seed, paired). The other checks compare means over the runs they select, seeds included, and say so.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,7 @@ import polars as pl
 from . import drift
 from ..core import instability, table
 from ..core.analysis import sensitivity_frame, sensitivity_summary
-from ..core.seeds import NOISE, NOT_REPRODUCED, REPRODUCED, judge, judge_all, seed_keys, spread
+from ..core.seeds import NOISE, NOT_REPRODUCED, REPRODUCED, count, judge, judge_all, seed_keys, spread
 from ..core.config import ConfigError, check_call
 from ..core.table import DIVERGED, FINAL_LOSS, L0, LR, N_PARAMS, SIZE, col, is_
 
@@ -141,22 +143,45 @@ def sensitivity_increases_with_n(results: pl.DataFrame, axis: str, value: Any) -
 
 @check
 def ratio_at_least(results: pl.DataFrame, column: str, axis: str, high: Any, low: Any, factor: float,
-                   lr: float | None = None, where: dict[str, Any] | None = None, absolute: bool = False) -> tuple[bool, str]:
-    """mean(column | axis == high) >= factor · mean(column | axis == low), at LR ``lr`` if given, every size
-    (``absolute``: of |column|, e.g. how far the mean output logit or log Z is from 0)."""
+                   lr: float | None = None, where: dict[str, Any] | None = None, absolute: bool = False
+                   ) -> tuple[str, str]:
+    """column with ``axis == high`` is at least ``factor`` × column with ``axis == low``, at LR ``lr`` if given, at
+    every size (``absolute``: of |column|, e.g. how far the mean output logit or log Z is from 0). Judged against
+    seed noise (``seeds``): per seed (paired) the statistic is log10(high / low) − log10(factor) (high − factor ·
+    low where a value is not positive); with one seed its sign decides, as before seeds."""
     r = table.where(results, where)
     if absolute:
         r = r.with_columns(pl.col(column).abs())
     r = r if lr is None else table.at_lr(r, lr)
-    parts, ok = [], True
+    parts, states = [], []
     for size, part in r.group_by(SIZE, maintain_order=True):
-        hi = part.filter(is_(axis, high))[column].mean()
-        lo = part.filter(is_(axis, low))[column].mean()
-        if hi is None or lo is None:
+        his = _means_by_seed(part.filter(is_(axis, high)), column)
+        los = _means_by_seed(part.filter(is_(axis, low)), column)
+        paired = [(his[k], los[k]) for k in his if k in los and math.isfinite(his[k]) and math.isfinite(los[k])]
+        if not paired:
             continue
-        ok &= hi >= factor * lo
-        parts.append(f"{size[0]}: {hi:.3g} vs {lo:.3g} ({hi / lo if lo else float('inf'):.1f}x)")
-    return ok and bool(parts), f"{column} with {axis}={high} vs {low}{' at LR ' + format(lr, 'g') if lr else ''} (need ≥{factor:g}x) — " + "; ".join(parts)
+        positive = all(h > 0 and lo > 0 for h, lo in paired)
+        stat = spread([math.log10(h / lo) - math.log10(factor) if positive else h - factor * lo for h, lo in paired])
+        states.append(judge(stat))
+        hi, lo = sum(h for h, _ in paired) / len(paired), sum(lo for _, lo in paired) / len(paired)
+        ratio = f"{hi / lo:.1f}x" if lo else "inf"
+        noise = (f", log10 ratio − log10 {factor:g} over {stat.n} seeds: 80% interval {stat.low:+.2f} to "
+                 f"{stat.high:+.2f}: {states[-1]}" if stat.n > 1 and positive else
+                 f", over {stat.n} seeds: {states[-1]}" if stat.n > 1 else "")
+        parts.append(f"{size[0]}: {hi:.3g} vs {lo:.3g} ({ratio}{noise})")
+    tail = "" if count(r) > 1 else " [one seed: seed noise not measured]"
+    return (judge_all(states) if parts else NOT_REPRODUCED,
+            f"{column} with {axis}={high} vs {low}{' at LR ' + format(lr, 'g') if lr else ''} (need ≥{factor:g}x) — "
+            + "; ".join(parts) + tail)
+
+
+def _means_by_seed(frame: pl.DataFrame, column: str) -> dict[tuple, float]:
+    """{seed: the mean of ``column`` over that seed's rows of ``frame``} (``()`` the one key without seeds)."""
+    sums: dict[tuple, list[float]] = {}
+    for seed, v in zip(seed_keys(frame), frame[column].to_list()):
+        if v is not None:
+            sums.setdefault(seed, []).append(float(v))
+    return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
 def _slope(x: list[float], y: list[float], logy: bool = True) -> float:
@@ -172,20 +197,34 @@ def _slope(x: list[float], y: list[float], logy: bool = True) -> float:
 
 @check
 def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | None = SIZE,
-          where: dict[str, Any] | None = None, logy: bool = True) -> tuple[bool, str]:
+          where: dict[str, Any] | None = None, logy: bool = True) -> tuple[str, str]:
     """The slope of ``column`` (log10 unless ``logy`` is false) against log10(``along``) has the sign ``sign``
-    in every ``per`` group (per row means of ``column`` at each ``along`` value)."""
+    in every ``per`` group (the slope through the means of ``column`` at each ``along`` value). Judged against seed
+    noise (``seeds``): the slope per seed, its 80% interval over the seeds; with one seed its sign decides."""
     r = table.where(results, where)
     y, x = col(column), col(along)
     groups = r.group_by(per, maintain_order=True) if per else [(("all",), r)]
-    parts, ok = [], True
+    parts, states, n_seeds = [], [], 1
     for key, part in groups:
-        agg = part.group_by(x).agg(pl.col(y).mean()).sort(x)
-        slope = _slope(agg[x].to_list(), agg[y].to_list(), logy)
-        ok &= slope == slope and (slope > 0 if sign > 0 else slope < 0)
-        parts.append(f"{key[0]}: slope {slope:+.3g}")
+        slopes = []
+        for seed in dict.fromkeys(seed_keys(part)):
+            rows = part.filter(pl.Series([k == seed for k in seed_keys(part)])) if seed else part
+            agg = rows.group_by(x).agg(pl.col(y).mean()).sort(x)
+            slopes.append(_slope(agg[x].to_list(), agg[y].to_list(), logy))
+        stat = spread(slopes)
+        if stat.n == 0:
+            states.append(NOT_REPRODUCED)
+            parts.append(f"{key[0]}: slope nan")
+            continue
+        n_seeds = max(n_seeds, stat.n)
+        states.append(judge(stat, sign))
+        parts.append(f"{key[0]}: slope {stat.mean:+.3g}" + (
+            f" (80% interval {stat.low:+.3g} to {stat.high:+.3g} over {stat.n} seeds: {states[-1]})"
+            if stat.n > 1 else ""))
     word = "rises" if sign > 0 else "falls"
-    return ok and bool(parts), f"{column} {word} with {along}? " + "; ".join(parts)
+    tail = "" if n_seeds > 1 else " [one seed: seed noise not measured]"
+    return (judge_all(states) if parts else NOT_REPRODUCED,
+            f"{column} {word} with {along}? " + "; ".join(parts) + tail)
 
 
 def _best_lrs(results: pl.DataFrame, axis: str, value: Any) -> pl.DataFrame:
