@@ -80,7 +80,7 @@ def test_second_writer_exits_2_naming_the_holder_and_the_first_result_stays_whol
 
 def test_a_lock_is_released_when_its_holder_dies(tmp_path):
     out = tmp_path / "run"
-    code = f"import os, sys; sys.path[:0] = {sys.path!r}\nfrom proxyscale import store\nfrom pathlib import Path\n" \
+    code = f"import os, sys; sys.path[:0] = {sys.path!r}\nfrom proxyscale.core import store\nfrom pathlib import Path\n" \
            f"with store.lock(Path({str(out)!r})):\n    os._exit(9)\n"  # dies holding the lock, as kill -9 would
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     with store.lock(out):  # free again

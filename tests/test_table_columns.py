@@ -9,10 +9,11 @@ import pytest
 from proxyscale.core import table
 
 COLUMNS = {table.SIZE, table.LR, table.N_PARAMS, table.FINAL_LOSS, table.L0, table.DIVERGED}
-SRC = Path(table.__file__).parent
+SRC = Path(table.__file__).parents[1]
 
 
-@pytest.mark.parametrize("module", ["instability", "forecast", "claims", "analysis", "plots", "reproduce"])
+@pytest.mark.parametrize("module", ["core/instability", "jobs/forecast", "science/claims", "core/analysis",
+                                    "outputs/plots", "jobs/reproduce"])
 def test_readers_of_the_table_use_its_column_constants(module):
     tree = ast.parse((SRC / f"{module}.py").read_text(encoding="utf-8"))
     docs = {id(n.body[0].value) for n in ast.walk(tree)
