@@ -216,6 +216,19 @@ def test_the_pooled_forms_band_is_the_pooled_band_plus_the_form_gap():
     assert "form_gap" not in pf and half(pf) == pytest.approx(half(p))
 
 
+def test_the_loso_only_band_is_the_ladders_own_extrapolation_error():
+    """``loso_only``: half-width t(2) × the leave-one-size-out miss per decade × the decades to the target, in
+    place of the fit's interval; a target inside the ladder keeps the fit's band."""
+    from proxyscale.core.instability import t80
+
+    pts = [(1e4, 3.0), (1e5, 4.6), (1e6, 6.0)]
+    far = extrapolation.trend(pts, 1e8, band="loso_only")
+    half = math.log10(far["high"]) - math.log10(far["value"])
+    assert half == pytest.approx(t80(2) * extrapolation.loso_rate(pts) * 2.0) and far["df"] == 2
+    inside, fit = (extrapolation.trend(pts, 3e5, band=b) for b in ("loso_only", "fit"))
+    assert (inside["low"], inside["high"]) == (fit["low"], fit["high"])
+
+
 def test_the_validation_example_builds_every_variant(tmp_path):
     """examples/forecast_validation.py (docs/forecasting.md's coverage table): each variant is a valid target whose ladder
     carries its changes, seed and scale; at least 8 ladders over micro and laptop, the tuning ones among them and
