@@ -51,8 +51,13 @@ def test_rebalancer_drops_to_one_thread_when_another_process_takes_a_core_and_re
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
 def test_free_cores_sees_a_cpu_bound_process():
-    """A real busy process takes about one core from what free_cores reports."""
+    """A real busy process takes about one core from what free_cores reports. On a machine whose cores are already
+    busy (under one core free) there is no core for the new process to take, so the check cannot be made there: it
+    says so loudly instead of failing on the machine's load."""
     quiet = threads.free_cores(0.3)
+    if quiet is not None and quiet < 1.0:
+        pytest.skip(f"LOUD SKIP: the machine is busy ({quiet:.2f} cores free before the test's own load): run on a "
+                    "quiet machine to check that free_cores sees a new CPU-bound process")
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
     try:
         time.sleep(0.5)
