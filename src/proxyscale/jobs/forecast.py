@@ -244,7 +244,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     (``drift_clock``): the target's integrated LR and logit precision, at which the drift law is read; ``curves``
     (``table.curves``): the ladder's per-step metrics, along which the drift law runs (``drift_forecast``)."""
     mitigations = mitigations or {}
-    pooled = (band or extrapolation.BAND) in ("pooled", "pooled_forms")  # the scatter over every LR: only the pooled band reads it
+    pooled = (band or extrapolation.BAND) in extrapolation.POOLED_BANDS  # the scatter over every LR: only the pooled band reads it
     trends = {c: extrapolation.trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c) if pooled else None)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
     div = extrapolation.trend(instability_lrs(rows), n_target, band)
@@ -321,7 +321,7 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
     cause = ATTENTION_LOGIT_GROWTH
     if not t["ok"]:
         return _cannot(cause, t)
-    pooled = pooled_scatter(rows, "attn_logit_max/0") if (band or extrapolation.BAND) in ("pooled", "pooled_forms") else None
+    pooled = pooled_scatter(rows, "attn_logit_max/0") if (band or extrapolation.BAND) in extrapolation.POOLED_BANDS else None
     notes = "".join(f"; {e}" for e in evidence or [])
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
     safe = [x for x in sorted(set(rows[LR].to_list()))

@@ -207,8 +207,9 @@ def trend(results: pl.DataFrame, column: str, along: str, sign: int, per: str | 
     parts, states, n_seeds = [], [], 1
     for key, part in groups:
         slopes = []
-        for seed in dict.fromkeys(seed_keys(part)):
-            rows = part.filter(pl.Series([k == seed for k in seed_keys(part)])) if seed else part
+        keys = seed_keys(part)  # once per group: each row's seed
+        for seed in dict.fromkeys(keys):
+            rows = part.filter(pl.Series([k == seed for k in keys])) if seed else part
             agg = rows.group_by(x).agg(pl.col(y).mean()).sort(x)
             slopes.append(_slope(agg[x].to_list(), agg[y].to_list(), logy))
         stat = spread(slopes)

@@ -165,6 +165,8 @@ BANDS = ("fit", "loso", "pooled", "forms", "pooled_forms", "loso_only")
   per decade (``loso_rate``, the RMS of the two end sizes' misses) carried over the distance to the target, with
   Student's t on two degrees of freedom (two misses); the fit's interval where the target is inside the ladder.
 """
+POOLED_BANDS = ("pooled", "pooled_forms")
+"""The bands that read the ladder's scatter pooled over its LRs (``trend``'s ``pooled`` argument)."""
 LOSO_Z = 1.2816
 """The normal 0.9 quantile: the ``loso`` term's half-width in units of its rate × reach."""
 BAND = "forms"
@@ -202,7 +204,7 @@ def trend(points: list[tuple[float, float]], n: float, band: str | None = None,
     if not math.isfinite(b["low"]):
         return {"ok": False, "why": "the fit has no residual to estimate an interval from", "points": good}
     band = band or BAND
-    if band in ("pooled", "pooled_forms") and pooled is not None and fit["sigma"] > 0:
+    if band in POOLED_BANDS and pooled is not None and fit["sigma"] > 0:
         import numpy as np
 
         sigma, df = pooled
