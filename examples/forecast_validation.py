@@ -47,6 +47,12 @@ VARIANTS: dict[str, tuple[str, str, dict, int, str]] = {
     "seed3": ("seed 3", "target.yaml", {}, 3, "micro"),
     "qk_seed2": ("qk-layernorm, seed 2", "target.yaml", {"model": {"qk_layernorm": "head"}}, 2, "micro"),
     "muon": ("Muon", "target.yaml", {"optim": {"optimizer": "muon"}}, 0, "micro"),
+    # trained after the conformal factors were computed (extrapolation.CONFORMAL): never in their calibration set
+    "seed4": ("seed 4", "target.yaml", {}, 4, "micro"),
+    "qk_seed3": ("qk-layernorm, seed 3", "target.yaml", {"model": {"qk_layernorm": "head"}}, 3, "micro"),
+    "no_zloss_no_wd_seed1": ("z-loss 0, weight decay 0, seed 1", "target.yaml",
+                             {"optim": {"z_loss": 0.0, "weight_decay": 0.0}}, 1, "micro"),
+    "softcap_seed1": ("attention soft-cap 50, seed 1", "target.yaml", {"model": {"attn_softcap": 50.0}}, 1, "micro"),
 }
 TUNING = ("target", "seed1", "seed2", "no_zloss_no_wd", "coupled", "qk", "drift", "laptop_drift",
           "qk_seed1", "qk_lr3e-2", "qkclip", "softcap")
@@ -55,6 +61,12 @@ chose ``forms`` over ``fit``, ``loso`` and ``pooled``; the next four were scored
 and then looked at too (a guard against a line below zero at a ladder size; an Akaike-weighted gap, tried and
 dropped; then ``pooled_forms``, which did not replace ``forms``). The rest (``seed3``, ``qk_seed2``, ``muon``) were trained after every choice: their coverage says how the
 band does on ladders it was not tuned on."""
+CALIBRATION = ("target", "seed1", "seed2", "no_zloss_no_wd", "coupled", "qk", "qk_seed1", "qk_lr3e-2", "drift", "qkclip",
+               "softcap", "laptop_drift", "seed3", "qk_seed2", "muon")
+"""The ladders the split-conformal factors (``extrapolation.CONFORMAL``) are computed on: every ladder trained before
+them. On these the ``conformal`` band is scored leave-one-ladder-out (each ladder with factors from the other
+fourteen); the ladders after them (``seed4`` ...) were trained after the factors were stored, and are scored with
+the stored factors: the band's coverage on ladders it has never seen."""
 
 
 def variant(name: str, folder: Path) -> tuple[dict, GroupConfig]:
@@ -88,6 +100,17 @@ def _label(q: str) -> str:
     return extrapolation.QUANTITIES[q].replace("|", "\\|")  # a markdown table cell
 
 
+def _conformal_cases(cases: dict[str, dict[str, list[dict]]], name: str) -> list[dict]:
+    """The ``conformal`` band's cases of ladder ``name``: on a calibration ladder its ``forms`` cases rescaled by the
+    factors of the other calibration ladders (leave one ladder out: never scored with factors it helped compute);
+    on a later ladder the forecast's own (the stored factors)."""
+    if name not in CALIBRATION:
+        return cases[name]["conformal"]
+    rest = [c for other in CALIBRATION if other != name and other in cases for c in cases[other]["forms"]]
+    factors = extrapolation.conformal_factors(rest)
+    return [{**extrapolation.rescaled(c, factors.get(c["quantity"])), "band": "conformal"} for c in cases[name]["forms"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/forecast_validation", type=Path)
@@ -101,31 +124,44 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"--only: unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
-    print(f"bands built as {extrapolation.BAND!r} (extrapolation.BAND)\n")
+    scored: dict[str, dict[str, dict]] = {}
+    cases: dict[str, dict[str, list[dict]]] = {}
+    for name in names:
+        scored[name] = {band: score(name, args.out, args.workers, band) for band in extrapolation.BANDS}
+        cases[name] = {band: [{**c, "band": band, "ladder": name, "ladder_scale": VARIANTS[name][4],
+                               "tuning": name in TUNING, "calibration": name in CALIBRATION,
+                               "seed": str(c.get("seed")), "lr": c.get("lr")} for c in b.get("cases", [])]
+                       for band, b in scored[name].items()}
+    for name in names:
+        cases[name]["conformal"] = _conformal_cases(cases, name)
+    print(f"bands built as {extrapolation.BAND!r} (extrapolation.BAND); on the calibration ladders the conformal "
+          f"band is scored leave-one-ladder-out\n")
     print("| ladder (largest size held out) | scale | verdicts right | precision / recall | logit within 2× "
           "| inside the 80% band | warnings |")
     print("|---|---|---|---|---|---|---|")
     right = total = 0
-    cases: dict[str, list[dict]] = {band: [] for band in extrapolation.BANDS}
     for name in names:
-        scored = {band: score(name, args.out, args.workers, band) for band in extrapolation.BANDS}
-        bt = scored[extrapolation.BAND]
+        bt = scored[name][extrapolation.BAND]
         if not bt["ok"]:
             print(f"| {VARIANTS[name][0]} | {VARIANTS[name][4]} | cannot backtest: {bt['why']} |||||")
             continue
         pr = " / ".join("–" if x is None else f"{x:.2f}" for x in (bt["precision"], bt["recall"]))
         kinds = sorted({w["kind"] for w in bt["warnings"]})
+        inside = extrapolation.coverage(cases[name][extrapolation.BAND])["overall"]
         print(f"| {VARIANTS[name][0]} | {VARIANTS[name][4]} | {bt['verdicts_right']}/{bt['verdicts']} | {pr} | "
-              f"{bt['logit_within_2x']}/{bt['logits']} | {_pct(bt['coverage']['overall'])} | "
-              f"{', '.join(kinds) or '–'} |", flush=True)
+              f"{bt['logit_within_2x']}/{bt['logits']} | {_pct(inside)} | {', '.join(kinds) or '–'} |")
         right, total = right + bt["verdicts_right"], total + bt["verdicts"]
-        for band, b in scored.items():
-            cases[band] += [{**c, "band": band, "ladder": name, "ladder_scale": VARIANTS[name][4], "tuning": name in TUNING,
-                             "seed": str(c.get("seed")), "lr": c.get("lr")} for c in b["cases"]]
-    every = cases[extrapolation.BAND]
-    print(f"\n{right} of {total} verdicts right over {len(names)} ladders; {len(every)} held-out cases\n")
-    heads = [(band, part) for band in extrapolation.BANDS for part in ("chosen on", "not tuned on")]
-    cov = {(band, part): extrapolation.coverage([c for c in cases[band] if c["tuning"] == (part == "chosen on")])
+    every = {band: [c for name in names for c in cases[name][band]] for band in extrapolation.BANDS}
+    print(f"\n{right} of {total} verdicts right over {len(names)} ladders; {len(every[extrapolation.BAND])} "
+          f"held-out cases\n")
+    calib = [c for c in every[extrapolation.CONFORMAL_BASE] if c["calibration"]]
+    factors = extrapolation.conformal_factors(calib)
+    print("conformal factors from the calibration ladders' `forms` cases: " + (", ".join(
+        f"{q} {f:.4f} (stored: {extrapolation.CONFORMAL.get(q, float('nan')):.4f})" for q, f in factors.items())
+        or "none (too few cases)") + "\n")
+    heads = [(band, part) for band in extrapolation.BANDS for part in ("calibration ladders", "later ladders")]
+    cov = {(band, part): extrapolation.coverage([c for c in every[band]
+                                                  if c["calibration"] == (part == "calibration ladders")])
            for band, part in heads}
     print("| quantity | " + " | ".join(f"band `{b}`: {p}" for b, p in heads) + " |")
     print("|---|" + "---|" * len(heads))
@@ -135,10 +171,10 @@ def main() -> None:
     print("| **overall** | " + " | ".join(_pct(cov[h]["overall"]) for h in heads) + " |")
     for band in extrapolation.BANDS:
         print(f"\ncalibration, band `{band}` (nominal → observed, all ladders): " + ", ".join(
-            f"{lvl:.0%} → {obs:.0%}" for lvl, obs, _ in extrapolation.calibration(cases[band])))
+            f"{lvl:.0%} → {obs:.0%}" for lvl, obs, _ in extrapolation.calibration(every[band])))
     if args.cases:
         args.cases.parent.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame([{k: v for k, v in c.items() if k != "censored_above"} for band in cases for c in cases[band]],
+        pl.DataFrame([{k: v for k, v in c.items() if k != "censored_above"} for band in every for c in every[band]],
                      infer_schema_length=None).write_parquet(args.cases)
 
 

@@ -127,10 +127,12 @@ def test_the_backtest_scores_every_quantity_and_the_record_round_trips(tmp_path)
     assert bt["coverage"]["overall"]["cases"] == len(bt["cases"]) == 4 * 4 + 2
     f = forecast.forecast(instability.unstable(ladder(noise=0.02)), 1e9, 1e-2, 1e-8, 1e-4, 1e-4, "off")
     record = ForecastRecord(n_target=f["n_target"], lr=f["lr"], trends={}, verdicts=f["verdicts"],
-                            warnings=[{"kind": "grid_edge", "text": "x", "add": [3.0]}], backtest=bt)
+                            warnings=[{"kind": "grid_edge", "text": "x", "add": [3.0]}], backtest=bt,
+                            band=f["band"])
+    assert f["band"] == {"name": "conformal", "base": "forms", "conformal": extrapolation.CONFORMAL}
     record.write(tmp_path / "forecast.json")
     back = ForecastRecord.read(tmp_path / "forecast.json")
-    assert back.warnings == record.warnings
+    assert back.warnings == record.warnings and back.band == f["band"]
     assert back.backtest["coverage"] == bt["coverage"] and len(back.backtest["cases"]) == len(bt["cases"])
 
 
@@ -142,3 +144,77 @@ def test_the_form_gap_measures_how_far_a_line_in_log_n_and_the_power_law_part():
     falling = [(n, 1e-3 * (1e4 / n) ** 0.5) for n in (1e4, 1e5, 1e6)]  # a falling quantity: no second form
     assert extrapolation.form_gap(falling, 1e9) is None
     assert extrapolation.form_gap([(1e4, 1.0), (1e5, 1.0), (1e6, 1.0)], 1e9) == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- the split-conformal band ------------------------------------------------------------------------------------------
+
+def test_the_conformal_factor_is_the_ceil_n_plus_1_times_80_percent_smallest_score():
+    """n cases with scores 1/100 … n/100 (the miss in units of the band's half-width): the factor is the
+    ⌈(n + 1)·0.8⌉-th smallest; below the minimum number of cases there is none; a censored case scores infinity."""
+    band = {"ok": True, "value": 1.0, "low": 0.1, "high": 10.0, "scale": 1.0, "df": 1}  # half-width: one decade
+    n = 99
+    cases = [extrapolation.case("attn_logit_max/0", band, 10 ** (k / 100)) for k in range(1, n + 1)]
+    assert extrapolation.conformal_score(cases[4]) == pytest.approx(0.05)
+    assert extrapolation.conformal_factor(cases) == pytest.approx(80 / 100)  # ⌈100 · 0.8⌉ = 80
+    assert extrapolation.conformal_factor(cases[: extrapolation.CONFORMAL_MIN_CASES - 1]) is None
+    censored = {**cases[0], "measured": None, "inside": False}
+    assert extrapolation.conformal_score(censored) == math.inf
+    assert extrapolation.conformal_factor([censored] * n) is None  # no finite factor holds them
+    assert extrapolation.conformal_factors(cases) == {"attn_logit_max/0": pytest.approx(0.8)}
+
+
+@pytest.mark.parametrize("shrink", [0.4, 1.0, 2.5])
+def test_conformal_factors_from_one_set_of_ladders_give_80_percent_on_new_ones(shrink):
+    """Split conformal on synthetic ladders with a known law: factors computed on 500 ladders whose band is too
+    narrow (0.4), right (1.0) or too wide (2.5) bring the coverage of 2000 other ladders to about 80%."""
+    calibration, new = synthetic_cases(500, shrink=shrink, seed=1), synthetic_cases(2000, shrink=shrink, seed=2)
+    factor = extrapolation.conformal_factor(calibration)
+    assert (factor > 1.0) if shrink < 1 else (factor < 1.0) if shrink > 1 else True
+    before = extrapolation.coverage(new)["overall"]["fraction"]
+    after = extrapolation.coverage([extrapolation.rescaled(c, factor) for c in new])["overall"]["fraction"]
+    assert 0.76 <= after <= 0.84, (shrink, before, after)
+    if shrink != 1.0:
+        assert abs(after - 0.8) < abs(before - 0.8)
+
+
+def test_the_conformal_band_is_the_forms_band_scaled_per_quantity(monkeypatch):
+    """``conformal``: the ``forms`` band's half-width times the quantity's stored factor, around the same value; a
+    quantity without a factor (or no quantity named) keeps the ``forms`` band."""
+    monkeypatch.setattr(extrapolation, "CONFORMAL", {"log_z_mean": 0.5})
+    pts = [(1e4, 3.0), (1e5, 4.7), (1e6, 6.0)]
+    half = lambda t: math.log10(t["high"] / t["value"])  # noqa: E731
+    forms = extrapolation.trend(pts, 1e8, band="forms")
+    conf = extrapolation.trend(pts, 1e8, band="conformal", quantity="log_z_mean")
+    assert conf["value"] == forms["value"] and conf["conformal"] == 0.5
+    assert half(conf) == pytest.approx(0.5 * half(forms)) and conf["scale"] == pytest.approx(0.5 * forms["scale"])
+    for other in (extrapolation.trend(pts, 1e8, band="conformal", quantity="lr_sensitivity"),
+                  extrapolation.trend(pts, 1e8, band="conformal")):
+        assert (other["low"], other["high"]) == (forms["low"], forms["high"]) and "conformal" not in other
+
+
+def test_the_stored_factors_are_for_forecast_quantities_and_the_forecast_uses_them():
+    assert set(extrapolation.CONFORMAL) <= set(extrapolation.QUANTITIES)
+    assert all(0 < f < 10 for f in extrapolation.CONFORMAL.values())
+    assert extrapolation.BAND == "conformal" and extrapolation.CONFORMAL_BASE in extrapolation.BANDS
+
+
+def test_the_validation_scores_a_calibration_ladder_with_factors_it_did_not_help_compute():
+    """examples/forecast_validation.py, leave one ladder out: a calibration ladder whose misses are huge gets the
+    factor of the other ladders (its own cases would have widened it), and is scored outside."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("fv", Path(__file__).parents[1] / "examples" / "forecast_validation.py")
+    fv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fv)
+    a, b = fv.CALIBRATION[:2]
+    tight = synthetic_cases(200, seed=3)
+    wild = [{**c, "measured": c["value"] * 1e3} for c in synthetic_cases(200, seed=4)]
+    cases = {a: {"forms": tight}, b: {"forms": wild}}
+    scored = fv._conformal_cases(cases, b)
+    assert len(scored) == 200 and not any(c["inside"] for c in scored)
+    assert {c["band"] for c in scored} == {"conformal"}
+    theirs = extrapolation.conformal_factor(wild)  # a is scored with b's factor, never with its own
+    assert theirs > 10 * extrapolation.conformal_factor(tight)
+    assert [c["high"] for c in fv._conformal_cases(cases, a)] == pytest.approx(
+        [extrapolation.rescaled(c, theirs)["high"] for c in tight])

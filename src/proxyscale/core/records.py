@@ -148,7 +148,8 @@ class ForecastRecord:
     low, high, points, ...}}`` or ``{ok: false, why}``), the divergence LR and LR-sensitivity trends, the thresholds
     judged against, one verdict per cause, the warnings where the extrapolation breaks (``extrapolation``: a bend,
     the grid's edge, a regime change), and what was forecast from what; under ``--backtest`` the held-out size's
-    score, with every scored case and its coverage (``backtest.cases``, ``backtest.coverage``)."""
+    score, with every scored case and its coverage (``backtest.cases``, ``backtest.coverage``); ``band``: how the
+    80% bands were built (``extrapolation.BAND`` and its conformal factors)."""
 
     n_target: float
     lr: float
@@ -164,6 +165,7 @@ class ForecastRecord:
     target: dict[str, Any] = field(default_factory=dict)
     ladder: dict[str, Any] = field(default_factory=dict)
     backtest: dict[str, Any] | None = None
+    band: dict[str, Any] = field(default_factory=dict)  # forecast.band_record: how the 80% bands were built
 
     REQUIRED = ("n_target", "lr", "trends", "verdicts")
 

@@ -245,9 +245,10 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
     (``table.curves``): the ladder's per-step metrics, along which the drift law runs (``drift_forecast``)."""
     mitigations = mitigations or {}
     pooled = (band or extrapolation.BAND) in extrapolation.POOLED_BANDS  # the scatter over every LR: only the pooled band reads it
-    trends = {c: extrapolation.trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c) if pooled else None)
+    trends = {c: extrapolation.trend(at_lr_points(rows, c, lr), n_target, band, pooled_scatter(rows, c) if pooled else None,
+                                     quantity=c)
               for c in ("attn_logit_max/0", "output_logit_mean", "log_z_mean", "grad_rms/layers.0.w1")}
-    div = extrapolation.trend(instability_lrs(rows), n_target, band)
+    div = extrapolation.trend(instability_lrs(rows), n_target, band, quantity="instability_lr")
     regime = extrapolation.regime_change(rows)
     if regime and div["ok"]:  # a power law across sizes that do and do not turn unstable: no point forecast
         div = {"ok": False, "why": regime["text"], "points": div["points"]}
@@ -257,7 +258,7 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
             its, lie = ("its", "LR lies") if len(calm) == 1 else ("their", "LRs lie")
             div["why"] += (f"; {', '.join(calm)} stayed stable at every LR above {its} best, so {its} instability "
                            f"{lie} above {max(rows[LR].to_list()):g}: add higher LRs to see it")
-    sens = extrapolation.trend(sensitivities(rows), n_target, band)
+    sens = extrapolation.trend(sensitivities(rows), n_target, band, quantity="lr_sensitivity")
     logit_thr = threshold(rows, "attn_logit_max/0")
     logit_thr_src = "calibrated on the ladder" if logit_thr else "the paper's (the ladder's runs do not separate)"
     logit_thr = logit_thr or PAPER_LOGIT_THRESHOLD
@@ -282,7 +283,15 @@ def forecast(rows: pl.DataFrame, n_target: float, lr: float, eps: float, z_loss:
             v["detail"] += "".join(f"\nwarning: {line}" for line in lines)
     return {"n_target": n_target, "lr": lr, "trends": trends, "divergence_lr": div, "lr_sensitivity": sens,
             "logit_threshold": logit_thr, "logit_threshold_source": logit_thr_src, "log_z_threshold": logz_thr,
-            "drift": law, "verdicts": verdicts, "warnings": warnings}
+            "drift": law, "verdicts": verdicts, "warnings": warnings, "band": band_record(band)}
+
+
+def band_record(band: str | None = None) -> dict[str, Any]:
+    """How the forecast's 80% bands were built (``forecast.json``'s ``band``): the band's name and, for the conformal
+    band, the factors it scaled each quantity's ``forms`` band by."""
+    name = band or extrapolation.BAND
+    return {"name": name, **({"base": extrapolation.CONFORMAL_BASE, "conformal": dict(extrapolation.CONFORMAL)}
+                             if name == "conformal" else {})}
 
 
 WARNING_CAUSE = {"attn_logit_max/0": ATTENTION_LOGIT_GROWTH, "log_z_mean": OUTPUT_LOGIT_DIVERGENCE,
@@ -325,7 +334,8 @@ def _attention_verdict(t: dict[str, Any], thr: float, src: str, lr: float, rows:
     notes = "".join(f"; {e}" for e in evidence or [])
     level = _level(t["value"], t["low"], t["high"], thr, above=True)
     safe = [x for x in sorted(set(rows[LR].to_list()))
-            if (tt := extrapolation.trend(at_lr_points(rows, "attn_logit_max/0", x), n, band, pooled))["ok"] and tt["high"] < thr]
+            if (tt := extrapolation.trend(at_lr_points(rows, "attn_logit_max/0", x), n, band, pooled,
+                                                   quantity="attn_logit_max/0"))["ok"] and tt["high"] < thr]
     advice = []
     if level != "unlikely":
         if qk == "off":

@@ -421,7 +421,7 @@ def forecast_trends(rows: pl.DataFrame, record: dict[str, Any], path: Path) -> l
             xs = np.geomspace(min(x for x, _ in pts), n, 40)
             from ..science.extrapolation import trend  # the band as the forecast builds it (extrapolation.BAND), at every N
 
-            band = [trend(pts, x) for x in xs]
+            band = [trend(pts, x, quantity=quantity) for x in xs]
             ax.plot(xs, [b["value"] for b in band], "-", color="C0", lw=1)
             ax.fill_between(xs, [b["low"] for b in band], [b["high"] for b in band], color="C0", alpha=0.15,
                             lw=0, label="80% band")
