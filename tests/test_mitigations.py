@@ -3,7 +3,6 @@ the member axis keeps its promises; and each does what its reference code does."
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ nanoGPT-style nn.Module. Its logits are checked against the models' own attentio
 qk-layernorm it must see the logit growth and raise the alarm."""
 
 import json
-import math
 
 import polars as pl
 import pytest

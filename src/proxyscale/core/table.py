@@ -29,7 +29,6 @@ from typing import Any
 import polars as pl
 
 from . import config as config_mod
-from . import store
 from .config import GroupConfig
 from .records import GroupSummary
 

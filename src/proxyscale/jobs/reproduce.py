@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from ..science import claims as claims_mod
 from .. import experiments as catalogue
