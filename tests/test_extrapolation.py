@@ -218,3 +218,10 @@ def test_the_validation_scores_a_calibration_ladder_with_factors_it_did_not_help
     assert theirs > 10 * extrapolation.conformal_factor(tight)
     assert [c["high"] for c in fv._conformal_cases(cases, a)] == pytest.approx(
         [extrapolation.rescaled(c, theirs)["high"] for c in tight])
+
+
+def test_the_band_sentence_names_the_band_and_each_factor():
+    text = forecast.band_text(forecast.band_record())
+    assert "`forms` band rescaled by split-conformal factors" in text and "docs/forecasting.md" in text
+    assert all(f"{extrapolation.QUANTITIES[q]} ×{f:.2f}" in text for q, f in extrapolation.CONFORMAL.items())
+    assert forecast.band_text(forecast.band_record("fit")).startswith("80% bands: the `fit` band")

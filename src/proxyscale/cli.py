@@ -335,10 +335,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         colour = colours.get(v["verdict"], "white")
         detail = escape(v["detail"]).replace("\n", "\n    ")  # a warning is a line of its verdict
         console.print(f"[{colour}]{v['cause']}: {v['verdict']}[/{colour}]\n    {detail}", highlight=False)
-    if rec.band.get("conformal"):
-        factors = ", ".join(f"{q} ×{f:.2f}" for q, f in rec.band["conformal"].items())
-        console.print(f"80% bands: `{rec.band['base']}` rescaled by split-conformal factors ({factors}); how often "
-                      f"they held on validation ladders: {page('forecast')}", highlight=False)
+    if rec.band:
+        console.print(forecast.band_text(rec.band), highlight=False)
     sens = rec.lr_sensitivity
     if sens.get("ok"):
         console.print(f"LR sensitivity at the target's N: {sens['value']:.3g} (80% interval {sens['low']:.3g}–"

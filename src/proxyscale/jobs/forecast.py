@@ -294,6 +294,17 @@ def band_record(band: str | None = None) -> dict[str, Any]:
                              if name == "conformal" else {})}
 
 
+def band_text(band: dict[str, Any]) -> str:
+    """One sentence on how the 80% bands were built (``band_record``), for the CLI and the report."""
+    from ..outputs.links import page
+
+    if band.get("conformal"):
+        factors = ", ".join(f"{extrapolation.QUANTITIES.get(q, q)} ×{f:.2f}" for q, f in band["conformal"].items())
+        return (f"80% bands: the `{band['base']}` band rescaled by split-conformal factors ({factors}), "
+                f"calibrated on validation ladders ({page('forecast')}).")
+    return f"80% bands: the `{band.get('name', extrapolation.BAND)}` band ({page('forecast')})."
+
+
 WARNING_CAUSE = {"attn_logit_max/0": ATTENTION_LOGIT_GROWTH, "log_z_mean": OUTPUT_LOGIT_DIVERGENCE,
                  "output_logit_mean": OUTPUT_LOGIT_DIVERGENCE, "grad_rms/layers.0.w1": UPDATE_COLLAPSE,
                  "instability_lr": DIVERGENCE_AT_LR, "lr_sensitivity": DIVERGENCE_AT_LR,
@@ -576,7 +587,7 @@ def run(target_path: str, scale: str, out: Path, do_backtest: bool = False, prog
     result.write(folder / "forecast.json")
     ExperimentRecord(
         name="forecast", title=f"Forecast: d{m.width}-L{m.depth} ({n_target / 1e6:.3g}M) at LR {o.lr:g}",
-        paper="Forecast from a proxy ladder (paper §3.5, Fig 9; §3.4, Fig 11).", scale=scale,
+        paper="Forecast from a proxy ladder (paper §3.5, Fig 9; §3.4, Fig 11). " + band_text(result.band), scale=scale,
         command=f"proxyscale forecast {target_path} --scale {scale}", seconds=0.0,
         figures=[str(p.relative_to(folder)) for p in figures],
         verdicts=[Verdict(v["cause"], v["verdict"], v["detail"]) for v in result.verdicts]
