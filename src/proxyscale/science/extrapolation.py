@@ -6,6 +6,8 @@ the measured value on a held-out size (*coverage*), and three warnings where a p
   ``calibration`` gives the observed fraction inside the band at several nominal levels (the report's calibration
   figure), from each case's centre, log-scale and degrees of freedom (``instability.interval``). The target is
   ``TARGET_COVERAGE`` of the cases inside their 80% bands, for every quantity with at least ``MIN_CASES`` cases.
+- **The band** (``trend``, ``BANDS``): the forecast's is ``conformal``, each quantity's ``forms`` band scaled by a
+  split-conformal factor (``CONFORMAL``, ``conformal_factor``) computed on validation ladders.
 - **The trend bends** (``bend``): the power law (a line in log N) against one with a curvature term, each scored
   by its leave-one-size-out error; the curve is *clearly better* when its error is under ``BEND_RATIO`` of the
   line's. Needs four sizes (a curve left with two sizes cannot be scored). Both extrapolations are reported.
@@ -205,9 +207,9 @@ same population falls inside the scaled band with probability at least 80% (Vovk
 "Distribution-free predictive inference for regression", §2.2, with the normalised score of their §5.2). Computed
 by ``python examples/forecast_validation.py --scale micro,laptop`` (it prints them) from the fifteen validation
 ladders trained before the factors existed (``CALIBRATION`` there: 14 micro, 1 laptop; each size held out one step
-beyond a ladder of three), rounded up in the fifth decimal, at commit a6a98a9, AMD EPYC (AVX512-BF16, no AMX). What they assume: the user's ladder
-misses like those ladders do, at their reach (one size step, ~0.3-0.5 decades); a target decades away is carried by
-the ``forms`` band's own growth with reach, which no held-out size here checks."""
+beyond a ladder of three), rounded up in the fifth decimal, at commit a6a98a9, AMD EPYC (AVX512-BF16, no AMX). What
+they assume: the user's ladder misses like those ladders do, at their reach (one size step, ~0.3-0.5 decades); a
+target decades away is carried by the ``forms`` band's own growth with reach, which no held-out size here checks."""
 
 
 def conformal_score(c: dict[str, Any]) -> float:
