@@ -88,6 +88,16 @@ def coverage(cases: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
     return {"per_quantity": {q: v for q, v in per.items() if v["cases"]}, "overall": total(cases)}
 
 
+def _miss(c: dict[str, Any]) -> float:
+    """A scored case's miss: |log10(measured / value)|, in decades."""
+    return abs(math.log10(c["measured"] / c["value"]))
+
+
+def _half(c: dict[str, Any]) -> float:
+    """A scored case's band half-width above its value, in decades (the bands are symmetric in log10)."""
+    return math.log10(c["high"] / c["value"])
+
+
 def calibration(cases: Iterable[dict[str, Any] | None],
                 levels: tuple[float, ...] = CALIBRATION_LEVELS) -> list[tuple[float, float, int]]:
     """(nominal level, observed fraction inside, cases) per level: each case's band rebuilt at that level from its
@@ -98,7 +108,7 @@ def calibration(cases: Iterable[dict[str, Any] | None],
         inside = 0
         for c in usable:
             half = t_quantile(0.5 + level / 2, c["df"]) * c["scale"]
-            inside += abs(math.log10(c["measured"] / c["value"])) <= half
+            inside += _miss(c) <= half
         out.append((level, inside / len(usable) if usable else math.nan, len(usable)))
     return out
 
@@ -217,8 +227,7 @@ def conformal_score(c: dict[str, Any]) -> float:
     censored beyond the grid (``measured`` None, outside) scores infinity: no finite factor holds it."""
     if c.get("measured") is None:
         return math.inf
-    half = math.log10(c["high"] / c["value"])
-    miss = abs(math.log10(c["measured"] / c["value"]))
+    half, miss = _half(c), _miss(c)
     return miss / half if half > 0 else (0.0 if miss == 0 else math.inf)
 
 
@@ -248,7 +257,7 @@ def rescaled(c: dict[str, Any], factor: float | None) -> dict[str, Any]:
     validation scores a conformal band on a ladder whose factors were computed without it."""
     if factor is None or c.get("measured") is None:
         return dict(c)
-    half = math.log10(c["high"] / c["value"]) * factor
+    half = _half(c) * factor
     low, high = c["value"] / 10**half, c["value"] * 10**half
     scale = c["scale"] * factor if c.get("scale") else c.get("scale")
     return {**c, "low": low, "high": high, "scale": scale, "inside": bool(low <= c["measured"] <= high)}
